@@ -1,0 +1,29 @@
+"""ganlib: a conditional-GAN image denoiser (noise synthesis, networks, tiled inference, metrics).
+
+Images are float32 tensors, NCHW, in [0, 1] (conversions live in `ganlib.images`).
+Importing ganlib has no side effects and never touches the network.
+"""
+
+from .images import to_numpy, to_pil, to_tensor
+from .inference import denoise, estimate_sigma
+from .metrics import psnr, ssim
+from .models import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig, count_macs_per_pixel
+from .noise import KINDS, add_noise, noise_std_map
+
+__all__ = [
+    "KINDS",
+    "Discriminator",
+    "DiscriminatorConfig",
+    "Generator",
+    "GeneratorConfig",
+    "add_noise",
+    "count_macs_per_pixel",
+    "denoise",
+    "estimate_sigma",
+    "noise_std_map",
+    "psnr",
+    "ssim",
+    "to_numpy",
+    "to_pil",
+    "to_tensor",
+]

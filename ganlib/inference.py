@@ -1,0 +1,122 @@
+"""The one inference entry point: tensors in, tensors out, any size through overlapping tiles.
+
+`denoise(model, noisy, sigma)` is what the CLI, the training validation, the benchmark, the demo and
+the tests call. Noise levels given here are on the 0-255 scale (a number, or a (N,1,H,W) map);
+None means "estimate it from the image".
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from .models import Generator
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[int, int], None]
+
+
+def estimate_sigma(image: torch.Tensor) -> float:
+    """Estimate the Gaussian noise level (0-255 scale) of a (1,C,H,W) image (wavelet MAD, scikit-image)."""
+    from skimage.restoration import estimate_sigma as _estimate
+
+    arr = image[0].detach().float().cpu().permute(1, 2, 0).numpy()
+    channel_axis = -1 if arr.shape[2] > 1 else None
+    if channel_axis is None:
+        arr = arr[..., 0]
+    return float(np.clip(_estimate(arr, channel_axis=channel_axis, average_sigmas=True), 0, None)) * 255.0
+
+
+def _starts(size: int, tile: int, stride: int) -> list[int]:
+    starts = [0]
+    while starts[-1] + tile < size:
+        starts.append(starts[-1] + stride)
+    return starts
+
+
+def _ramp(length: int, start: int, stop: int, size: int, overlap: int) -> torch.Tensor:
+    """1-D blending weights of one tile: 0 on the outer quarter of each interior overlap band,
+    a linear ramp over the middle half, 1 inside; image borders get no ramp."""
+    d = torch.arange(length, dtype=torch.float32)
+    w = torch.ones(length)
+    if overlap > 0:
+        band = overlap / 2
+        if start > 0:
+            w = torch.minimum(w, ((d + 0.5 - overlap / 4) / band).clamp(0, 1))
+        if stop < size:
+            w = torch.minimum(w, ((length - d - 0.5 - overlap / 4) / band).clamp(0, 1))
+    return w
+
+
+@torch.no_grad()
+def denoise(
+    model: Generator,
+    noisy: torch.Tensor,
+    sigma: float | torch.Tensor | None = None,
+    *,
+    tile: int | None = 512,
+    overlap: int = 64,
+    progress: ProgressFn | None = None,
+) -> torch.Tensor:
+    """Denoise a (1,C,H,W) float image in [0, 1] (values outside are allowed: unclipped noise).
+
+    sigma: noise level on the 0-255 scale, a (1,1,H,W) map on that scale, or None to estimate it.
+    tile/overlap: tile side and overlap in pixels (None = one pass); memory is bounded by the tile.
+    Output: same shape, clamped to [0, 1], on the input's device and dtype float32.
+    """
+    if noisy.dim() != 4 or noisy.shape[0] != 1:
+        raise ValueError(f"expected one image of shape (1,C,H,W), got {tuple(noisy.shape)}")
+    channels = noisy.shape[1]
+    want = model.config.channels
+    if channels not in (1, 3):
+        raise ValueError(f"expected 1 or 3 channels, got {channels}")
+    if sigma is None:
+        sigma = estimate_sigma(noisy)
+        log.info("estimated noise level: sigma = %.2f", sigma)
+    smap = torch.as_tensor(sigma, dtype=torch.float32) / 255.0
+    if smap.dim() == 0:
+        if not torch.isfinite(smap) or smap < 0:
+            raise ValueError(f"sigma must be a finite number >= 0, got {float(smap) * 255}")
+        smap = smap.view(1, 1, 1, 1).expand(1, 1, *noisy.shape[-2:])
+    elif smap.shape != (1, 1, *noisy.shape[-2:]):
+        raise ValueError(f"a noise-level map must have shape (1,1,H,W) = {(1, 1, *noisy.shape[-2:])}, got {tuple(smap.shape)}")
+    x = noisy.float()
+    if channels != want:  # gray image through a colour model, or colour through a gray one
+        x = x.expand(-1, want, -1, -1) if channels == 1 else x.mean(dim=1, keepdim=True)
+    param = next(model.parameters())
+    h, w = x.shape[-2:]
+    mult = model.multiple
+    if tile is None or (h <= tile and w <= tile):
+        out = model(x.to(param), smap.to(param)).float().cpu()
+        if progress:
+            progress(1, 1)
+    else:
+        tile = max(mult, tile // mult * mult)
+        overlap = min(max(0, overlap // mult * mult), tile - mult)
+        stride = tile - overlap
+        ys, xs = _starts(h, tile, stride), _starts(w, tile, stride)
+        out = torch.zeros(1, want, h, w)
+        weight = torch.zeros(1, 1, h, w)
+        total, done = len(ys) * len(xs), 0
+        for y0 in ys:
+            y1 = min(y0 + tile, h)
+            wy = _ramp(y1 - y0, y0, y1, h, overlap)
+            for x0 in xs:
+                x1 = min(x0 + tile, w)
+                wx = _ramp(x1 - x0, x0, x1, w, overlap)
+                patch = x[..., y0:y1, x0:x1].to(param)
+                res = model(patch, smap[..., y0:y1, x0:x1].to(param)).float().cpu()
+                wgt = (wy[:, None] * wx[None, :])[None, None]
+                out[..., y0:y1, x0:x1] += res * wgt
+                weight[..., y0:y1, x0:x1] += wgt
+                done += 1
+                if progress:
+                    progress(done, total)
+        out /= weight
+    if channels != want:
+        out = out.mean(dim=1, keepdim=True) if channels == 1 else out.expand(-1, 3, -1, -1)
+    return out.clamp(0, 1).to(noisy.device)

@@ -1,0 +1,179 @@
+"""The networks: a noise-level-conditioned residual U-Net generator and a conditional PatchGAN
+discriminator, each configured by a dataclass.
+
+Image convention (see `ganlib.images`): float32 NCHW tensors in [0, 1]. Noise levels given to the
+generator are standard deviations on the same [0, 1] scale (sigma_255 / 255), as a map of shape
+(N, 1, H, W) so that a spatially varying strength works.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from huggingface_hub import PyTorchModelHubMixin
+from torch import nn
+
+
+@dataclass
+class GeneratorConfig:
+    """Shape of the generator. The defaults are the shipped model (about 60k multiply-adds per pixel)."""
+
+    channels: int = 3  # 3 for colour, 1 for grayscale
+    widths: list[int] = field(default_factory=lambda: [32, 64, 128])  # feature width per U-Net level
+    blocks: list[int] = field(default_factory=lambda: [2, 2, 4])  # residual blocks per level (last = bottleneck)
+    unshuffle: int = 2  # pixel-unshuffle factor: the U-Net runs on unshuffle**2 sub-images
+
+    def __post_init__(self) -> None:
+        self.widths, self.blocks = list(self.widths), list(self.blocks)
+        if self.channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, got {self.channels}")
+        if len(self.widths) != len(self.blocks) or not self.widths:
+            raise ValueError("widths and blocks must be non-empty lists of the same length")
+        if min(self.widths) < 1 or min(self.blocks) < 0 or self.unshuffle < 1:
+            raise ValueError("widths must be >= 1, blocks >= 0 and unshuffle >= 1")
+
+
+@dataclass
+class DiscriminatorConfig:
+    """Shape of the conditional PatchGAN discriminator."""
+
+    channels: int = 3
+    width: int = 64
+    layers: int = 3  # stride-2 layers; the receptive field grows with them (3 -> 70 x 70 patches)
+
+
+class ResBlock(nn.Module):
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(width, width, 3, padding=1)
+        self.conv2 = nn.Conv2d(width, width, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv2(F.relu(self.conv1(x)))
+
+
+def _pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, int, int]:
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if ph or pw:
+        # Reflection needs the pad to be smaller than the side; tiny images fall back to replication.
+        mode = "reflect" if ph < h and pw < w else "replicate"
+        x = F.pad(x, (0, pw, 0, ph), mode=mode)
+    return x, h, w
+
+
+def sigma_map(sigma: float | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Broadcast a noise level (scalar, per-image (N,), or map (N,1,H,W)) to a (N,1,H,W) map like `like`."""
+    n, _, h, w = like.shape
+    s = torch.as_tensor(sigma, dtype=like.dtype, device=like.device)
+    if s.dim() == 0:
+        return s.expand(n, 1, h, w)
+    if s.dim() == 1:
+        return s.view(-1, 1, 1, 1).expand(n, 1, h, w)
+    if s.dim() == 4 and s.shape[1] == 1 and s.shape[-2:] == (h, w):
+        return s.expand(n, 1, h, w)
+    raise ValueError(f"noise level must be a scalar, shape (N,) or (N,1,{h},{w}); got {tuple(s.shape)}")
+
+
+class Generator(
+    nn.Module,
+    PyTorchModelHubMixin,
+    library_name="ganlib",
+    pipeline_tag="image-to-image",
+    tags=["image-denoising", "gan", "ganlib"],
+    license="mit",
+):
+    """Residual U-Net on pixel-unshuffled sub-images, conditioned on a noise-level map.
+
+    forward(noisy, sigma) -> denoised, same shape; any H x W (padded internally, then cropped).
+    """
+
+    def __init__(self, config: GeneratorConfig | dict | None = None) -> None:
+        super().__init__()
+        if config is None:
+            config = GeneratorConfig()
+        elif isinstance(config, dict):
+            config = GeneratorConfig(**config)
+        self.config = config
+        self._hub_mixin_config = asdict(config)  # always saved as config.json, whatever was passed
+        c, r, widths = config.channels, config.unshuffle, config.widths
+        self.head = nn.Conv2d(c * r * r + 1, widths[0], 3, padding=1)
+        self.encoders = nn.ModuleList(nn.Sequential(*[ResBlock(w) for w in [wd] * b]) for wd, b in zip(widths[:-1], config.blocks[:-1]))
+        self.downs = nn.ModuleList(nn.Conv2d(a, b, 3, stride=2, padding=1) for a, b in zip(widths[:-1], widths[1:]))
+        self.middle = nn.Sequential(*[ResBlock(widths[-1]) for _ in range(config.blocks[-1])])
+        self.ups = nn.ModuleList(nn.Sequential(nn.Conv2d(b, a * 4, 1), nn.PixelShuffle(2)) for a, b in zip(widths[:-1], widths[1:]))
+        self.decoders = nn.ModuleList(nn.Sequential(*[ResBlock(w) for w in [wd] * b]) for wd, b in zip(widths[:-1], config.blocks[:-1]))
+        self.tail = nn.Conv2d(widths[0], c * r * r, 3, padding=1)
+
+    @property
+    def multiple(self) -> int:
+        """Input sides are padded to a multiple of this."""
+        return self.config.unshuffle * 2 ** (len(self.config.widths) - 1)
+
+    def forward(self, noisy: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
+        if noisy.dim() != 4 or noisy.shape[1] != self.config.channels:
+            raise ValueError(f"expected (N,{self.config.channels},H,W) input, got {tuple(noisy.shape)}")
+        smap = sigma_map(sigma, noisy)
+        x, h, w = _pad_to_multiple(noisy, self.multiple)
+        smap, _, _ = _pad_to_multiple(smap, self.multiple)
+        r = self.config.unshuffle
+        feat = self.head(torch.cat([F.pixel_unshuffle(x, r), F.avg_pool2d(smap, r)], dim=1))
+        skips = []
+        for enc, down in zip(self.encoders, self.downs):
+            feat = enc(F.relu(feat))
+            skips.append(feat)
+            feat = down(feat)
+        feat = self.middle(F.relu(feat))
+        for up, dec, skip in zip(reversed(self.ups), reversed(self.decoders), reversed(skips)):
+            feat = dec(up(feat) + skip)
+        residual = F.pixel_shuffle(self.tail(F.relu(feat)), r)
+        return (x + residual)[..., :h, :w]
+
+
+def _sn_conv(cin: int, cout: int, stride: int) -> nn.Module:
+    return nn.utils.parametrizations.spectral_norm(nn.Conv2d(cin, cout, 4, stride=stride, padding=1))
+
+
+class Discriminator(nn.Module):
+    """Conditional PatchGAN (pix2pix) with spectral norm: scores (noisy, candidate) pairs per patch."""
+
+    def __init__(self, config: DiscriminatorConfig | dict | None = None) -> None:
+        super().__init__()
+        if config is None:
+            config = DiscriminatorConfig()
+        elif isinstance(config, dict):
+            config = DiscriminatorConfig(**config)
+        self.config = config
+        w = config.width
+        layers: list[nn.Module] = [_sn_conv(2 * config.channels, w, 2), nn.LeakyReLU(0.2)]
+        for i in range(1, config.layers):
+            cin, cout = w * 2 ** (i - 1), w * 2 ** i
+            layers += [_sn_conv(cin, cout, 2), nn.LeakyReLU(0.2)]
+        cin = w * 2 ** (config.layers - 1)
+        layers += [_sn_conv(cin, cin * 2, 1), nn.LeakyReLU(0.2), _sn_conv(cin * 2, 1, 1)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, noisy: torch.Tensor, candidate: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([noisy, candidate], dim=1))
+
+
+def count_macs_per_pixel(model: nn.Module, size: int = 128, channels: int = 3) -> float:
+    """Multiply-adds per input pixel of one forward pass, counted over convolutions."""
+    total = 0
+
+    def hook(mod: nn.Conv2d, _inp: tuple, out: torch.Tensor) -> None:
+        nonlocal total
+        k = mod.kernel_size[0] * mod.kernel_size[1] * mod.in_channels // mod.groups
+        total += out.numel() * k
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    try:
+        with torch.no_grad():
+            x = torch.zeros(1, channels, size, size)
+            model(x, 0.1) if isinstance(model, Generator) else model(x, x)
+    finally:
+        for h in handles:
+            h.remove()
+    return total / (size * size)
