@@ -1,0 +1,417 @@
+"""Train the denoiser: stage `fidelity` (L1 [+ SSIM]) then stage `gan` (adversarial fine-tuning).
+
+    python -m train.train --data DIR --output-dir DIR [--config train/configs/cpu.json] [--stage gan --init DIR]
+
+Everything is in `TrainConfig`; every field is also a command-line flag (--batch-size 8 ...), the
+JSON preset sits under them and the resolved config is saved beside every checkpoint. On CUDA the
+generator runs in bf16 autocast; several GPUs work through `torchrun --nproc_per_node N -m train.train`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import dataclasses
+import json
+import logging
+import math
+import os
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from ganlib.images import to_pil
+from ganlib.inference import denoise
+from ganlib.metrics import psnr, ssim
+from ganlib.models import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
+from ganlib.noise import add_noise
+
+from .checkpoint import load_state, save_state
+from .data import CropDataset, NoiseConfig, list_images, load_validation, split
+
+log = logging.getLogger("train")
+
+
+@dataclass
+class TrainConfig:
+    data: str = ""  # folder of clean training photos (recursive)
+    val_data: str = ""  # separate validation folder; empty = hold back val_count images of `data`
+    output_dir: str = "runs/default"
+    stage: str = "fidelity"  # fidelity | gan
+    init: str = ""  # generator weights folder to start from (the fidelity model, for stage gan)
+    seed: int = 0
+    crop: int = 256  # random crop side
+    min_size: int = 256  # images with a side below this are skipped
+    channels: int = 3
+    val_count: int = 300
+    val_max_side: int = 0  # centre-crop validation images to this side (0 = full images)
+    val_sigmas: list[float] = field(default_factory=lambda: [15.0, 25.0, 50.0])
+    batch_size: int = 16
+    max_steps: int = 100_000
+    lr: float = 1e-3
+    lr_min: float = 1e-6
+    warmup_steps: int = 500
+    schedule: str = "cosine"  # cosine | step (halve at 50%, 75%, 90%)
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ssim_weight: float = 0.0  # fidelity loss = L1 + ssim_weight * (1 - SSIM)
+    ema_decay: float = 0.999
+    # stage gan
+    d_lr: float = 1e-4
+    adv_weight: float = 0.01  # adversarial loss weight against the L1 pixel loss (weight 1)
+    gan_loss: str = "hinge"  # hinge | relativistic
+    # bookkeeping
+    workers: int = 0
+    log_every: int = 50
+    val_every: int = 1000
+    ckpt_every: int = 500
+    threads: int = 0  # CPU threads (0 = torch default)
+    push_to_hub: str = ""  # repo id to publish the exported generator to
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
+    noise: NoiseConfig = field(default_factory=NoiseConfig)
+
+
+def _coerce(cls: type, values: dict) -> object:
+    """Build a (nested) config dataclass from a dict, rejecting unknown keys."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(values) - set(fields)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} setting(s): {sorted(unknown)}")
+    kwargs = {}
+    for name, value in values.items():
+        sub = fields[name].default_factory if fields[name].default_factory is not dataclasses.MISSING else None
+        kwargs[name] = _coerce(type(sub()), value) if sub and dataclasses.is_dataclass(sub()) else value
+    return cls(**kwargs)
+
+
+def parse_config(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Namespace]:
+    """Defaults < --config JSON preset < command-line flags (one flag per scalar/list field)."""
+    parser = argparse.ArgumentParser(prog="python -m train.train", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", help="JSON preset (see train/configs/)")
+    parser.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/checkpoint exactly")
+    for f in dataclasses.fields(TrainConfig):
+        if f.default_factory is not dataclasses.MISSING and dataclasses.is_dataclass(f.default_factory()):
+            continue  # nested sections come from the JSON preset
+        flag = "--" + f.name.replace("_", "-")
+        if f.name == "val_sigmas":
+            parser.add_argument(flag, type=lambda s: [float(v) for v in s.split(",")], help="comma-separated")
+        else:
+            parser.add_argument(flag, type=type(f.default), help=f"default {f.default!r}")
+    args = parser.parse_args(argv)
+    values: dict = {}
+    if args.config:
+        values = json.loads(Path(args.config).read_text())
+    if args.resume and not args.config:
+        saved = Path(args.output_dir or TrainConfig.output_dir) / "checkpoint" / "train_config.json"
+        if saved.exists():
+            values = json.loads(saved.read_text())
+    for f in dataclasses.fields(TrainConfig):
+        v = getattr(args, f.name, None)
+        if v is not None:
+            values[f.name] = v
+    cfg = _coerce(TrainConfig, values)
+    if cfg.stage not in ("fidelity", "gan"):
+        parser.error(f"--stage must be fidelity or gan, not {cfg.stage!r}")
+    if not cfg.data:
+        parser.error("--data is required (a folder of clean photos)")
+    return cfg, args
+
+
+def lr_factor(cfg: TrainConfig, step: int) -> float:
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "step":
+        return 0.5 ** sum(step >= cfg.max_steps * m for m in (0.5, 0.75, 0.9))
+    t = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+    floor = cfg.lr_min / cfg.lr
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+def ssim_loss(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """1 - SSIM with an 11x11 Gaussian window (differentiable; the reported metric uses scikit-image)."""
+    coords = torch.arange(11, dtype=a.dtype, device=a.device) - 5
+    g = torch.exp(-(coords**2) / (2 * 1.5**2))
+    g = (g / g.sum())[None, None]
+    c = a.shape[1]
+
+    def blur(x: torch.Tensor) -> torch.Tensor:
+        x = F.conv2d(x, g[..., None, :].expand(c, 1, 1, 11), groups=c)
+        return F.conv2d(x, g[..., :, None].expand(c, 1, 11, 1), groups=c)
+
+    mu_a, mu_b = blur(a), blur(b)
+    var_a, var_b, cov = blur(a * a) - mu_a**2, blur(b * b) - mu_b**2, blur(a * b) - mu_a * mu_b
+    c1, c2 = 0.01**2, 0.03**2
+    s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
+    return 1 - s.mean()
+
+
+def gan_losses(kind: str, real: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(discriminator loss, generator adversarial loss) from patch logits of real and fake pairs.
+    For the discriminator loss `fake` must be detached by the caller."""
+    if kind == "hinge":
+        return F.relu(1 - real).mean() + F.relu(1 + fake).mean(), -fake.mean()
+    if kind == "relativistic":  # RaGAN as in ESRGAN
+        d = F.binary_cross_entropy_with_logits
+        rf, fr = real - fake.mean(), fake - real.mean()
+        d_loss = (d(rf, torch.ones_like(rf)) + d(fr, torch.zeros_like(fr))) / 2
+        g_loss = (d(rf, torch.zeros_like(rf)) + d(fr, torch.ones_like(fr))) / 2
+        return d_loss, g_loss
+    raise ValueError(f"gan_loss must be hinge or relativistic, not {kind!r}")
+
+
+def validate(model: Generator, images: list[torch.Tensor], sigmas: list[float], seed: int) -> dict[str, float]:
+    """Mean PSNR/SSIM per sigma with the literature's protocol (Gaussian noise, seeded, unclipped)."""
+    model.eval()
+    out: dict[str, float] = {}
+    for sigma in sigmas:
+        ps, ss = [], []
+        for i, clean in enumerate(images):
+            noisy = add_noise(clean, "gaussian", seed=seed + i, clip=False, sigma=sigma)
+            den = denoise(model, noisy, sigma)
+            ps.append(psnr(den, clean))
+            ss.append(ssim(den, clean))
+        out[f"psnr{sigma:g}"] = sum(ps) / len(ps)
+        out[f"ssim{sigma:g}"] = sum(ss) / len(ss)
+    model.train()
+    return out
+
+
+def save_grid(model: Generator, images: list[torch.Tensor], sigma: float, seed: int, path: Path, n: int = 4) -> None:
+    """PNG grid, one row per image: noisy | denoised | clean."""
+    model.eval()
+    rows = []
+    for i, clean in enumerate(images[:n]):
+        side = min(clean.shape[-2], clean.shape[-1], 192)
+        clean = clean[..., :side, :side]
+        noisy = add_noise(clean, "gaussian", seed=seed + i, sigma=sigma)
+        rows.append(torch.cat([noisy, denoise(model, noisy, sigma), clean], dim=-1))
+    model.train()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    to_pil(torch.cat(rows, dim=-2)).save(path)
+
+
+def ema_update(ema: Generator, model: Generator, decay: float) -> None:
+    with torch.no_grad():
+        for e, p in zip(ema.parameters(), model.parameters()):
+            e.lerp_(p.detach().float(), 1 - decay)
+
+
+def setup_distributed() -> tuple[int, int, torch.device]:
+    """(rank, world size, device); torchrun sets the environment for several GPUs/machines."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if world > 1:
+        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        return rank, world, torch.device("cuda", local)
+    return rank, world, torch.device("cpu")
+
+
+def train(cfg: TrainConfig, resume: bool = False) -> Path:
+    """Run one stage; returns the exported generator folder (OUTPUT_DIR/final)."""
+    rank, world, device = setup_distributed()
+    main = rank == 0
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    out = Path(cfg.output_dir)
+    ckpt_dir = out / "checkpoint"
+
+    paths = list_images(cfg.data, cfg.min_size, cfg.channels)
+    if cfg.val_data:
+        train_paths, val_paths = paths, list_images(cfg.val_data, 1, cfg.channels)
+    else:
+        train_paths, val_paths = split(paths, cfg.val_count, cfg.seed)
+    val_images = load_validation(val_paths, cfg.val_max_side or None)
+    dataset = CropDataset(train_paths, cfg.crop, cfg.noise, cfg.seed)
+
+    model = Generator(cfg.generator).to(device)
+    if cfg.init:
+        init = Generator.from_pretrained(cfg.init)
+        if asdict(init.config) != asdict(cfg.generator):
+            raise ValueError(f"--init {cfg.init} has generator config {asdict(init.config)}, the run wants {asdict(cfg.generator)}")
+        model.load_state_dict(init.state_dict())
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    opt_g = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
+    disc = opt_d = None
+    if cfg.stage == "gan":
+        disc = Discriminator(DiscriminatorConfig(**{**asdict(cfg.discriminator), "channels": cfg.channels})).to(device)
+        opt_d = torch.optim.AdamW(disc.parameters(), lr=cfg.d_lr, betas=(0.0, 0.99), weight_decay=0.0)
+
+    step = 0
+    if resume and (ckpt_dir / "state.json").exists():
+        state = load_state(ckpt_dir)
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        opt_g.load_state_dict(state["opt_g"])
+        if disc is not None:
+            disc.load_state_dict(state["disc"])
+            opt_d.load_state_dict(state["opt_d"])
+        step = state["step"]
+        log.info("resumed from %s at step %d", ckpt_dir, step)
+    elif resume:
+        log.warning("--resume: no checkpoint in %s, starting from scratch", ckpt_dir)
+
+    ddp_model = model
+    if world > 1:
+        ddp_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        if disc is not None:
+            disc = torch.nn.parallel.DistributedDataParallel(disc, device_ids=[device.index] if device.type == "cuda" else None)
+
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+
+    saved = {"step": -1}
+
+    def save_checkpoint() -> None:
+        if not main or saved["step"] == step:
+            return
+        saved["step"] = step
+        state = {"step": step, "model": model.state_dict(), "ema": ema.state_dict(), "opt_g": opt_g.state_dict()}
+        if disc is not None:
+            state["disc"] = (disc.module if world > 1 else disc).state_dict()
+            state["opt_d"] = opt_d.state_dict()
+        save_state(ckpt_dir, state)
+        (ckpt_dir / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
+        ema.save_pretrained(ckpt_dir / "generator")
+        log.info("checkpoint saved at step %d", step)
+
+    stop = {"flag": False}
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stop["flag"] = True
+        log.warning("signal %d: saving a checkpoint and stopping", signum)
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+
+    per_rank = cfg.batch_size
+    sampler = range((step * world + rank) * per_rank, 2**62)  # sample index -> its own seed
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=per_rank,
+        sampler=_Strided(sampler, per_rank, world),
+        num_workers=cfg.workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=cfg.workers > 0,
+    )
+    log_path = out / "log.csv"
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
+        new_log = not log_path.exists()
+        log_file = open(log_path, "a", newline="")
+        writer = csv.writer(log_file)
+        if new_log:
+            writer.writerow(["step", "time", "lr", "loss_pix", "loss_adv", "loss_d", "metrics"])
+    bar = tqdm(total=cfg.max_steps, initial=step, disable=not main, dynamic_ncols=True, desc=cfg.stage)
+    t0, seen = time.time(), 0
+    model.train()
+    for clean, noisy, smap in loader:
+        if step >= cfg.max_steps or stop["flag"]:
+            break
+        clean, noisy, smap = (t.to(device, non_blocking=True) for t in (clean, noisy, smap))
+        for group in opt_g.param_groups:
+            group["lr"] = cfg.lr * lr_factor(cfg, step)
+        with amp:
+            fake = ddp_model(noisy, smap)
+        fake = fake.float()
+        loss_pix = F.l1_loss(fake, clean)
+        if cfg.ssim_weight:
+            loss_pix = loss_pix + cfg.ssim_weight * ssim_loss(fake, clean)
+        loss_adv = loss_d = torch.zeros(())
+        if disc is not None:
+            with amp:
+                d_real, d_fake = disc(noisy, clean), disc(noisy, fake.detach())
+            loss_d, _ = gan_losses(cfg.gan_loss, d_real.float(), d_fake.float())
+            opt_d.zero_grad(set_to_none=True)
+            loss_d.backward()
+            opt_d.step()
+            disc.requires_grad_(False)
+            with amp:
+                d_real, d_fake = disc(noisy, clean), disc(noisy, fake)
+            _, loss_adv = gan_losses(cfg.gan_loss, d_real.float().detach(), d_fake.float())
+            disc.requires_grad_(True)
+        loss = loss_pix + cfg.adv_weight * loss_adv if disc is not None else loss_pix
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss became {loss.item()} at step {step}")
+        opt_g.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt_g.step()
+        ema_update(ema, model, cfg.ema_decay if step >= cfg.warmup_steps else 0.0)
+        step += 1
+        seen += clean.shape[0] * world
+        bar.update(1)
+        if main and step % cfg.log_every == 0:
+            rate = seen / (time.time() - t0)
+            bar.set_postfix(l1=f"{loss_pix.item():.4f}", adv=f"{loss_adv.item():.3f}", d=f"{loss_d.item():.3f}", img_s=f"{rate:.1f}")
+            writer.writerow([step, f"{time.time():.0f}", f"{opt_g.param_groups[0]['lr']:.3g}", f"{loss_pix.item():.5f}", f"{loss_adv.item():.4f}", f"{loss_d.item():.4f}", ""])
+            log_file.flush()
+        if main and (step % cfg.val_every == 0 or step == cfg.max_steps):
+            metrics = validate(ema, val_images, cfg.val_sigmas, seed=10_000)
+            save_grid(ema, val_images, cfg.val_sigmas[len(cfg.val_sigmas) // 2], 10_000, out / "val" / f"step{step:07d}.png")
+            writer.writerow([step, f"{time.time():.0f}", "", "", "", "", json.dumps(metrics)])
+            log_file.flush()
+            log.info("step %d validation: %s", step, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        if step % cfg.ckpt_every == 0:
+            save_checkpoint()
+    bar.close()
+    save_checkpoint()
+    if not main:
+        return out / "final"
+    final = out / "final"
+    if step >= cfg.max_steps:
+        metrics = validate(ema, val_images, cfg.val_sigmas, seed=10_000)
+        from .export import export
+
+        export(ema, final, cfg, metrics, steps=step, train_images=len(train_paths), val_images=len(val_paths), seconds=time.time() - t0)
+        if cfg.push_to_hub:
+            from .export import push
+
+            push(final, cfg.push_to_hub)
+    else:
+        log.info("stopped at step %d of %d; continue with --resume", step, cfg.max_steps)
+    log_file.close()
+    return final
+
+
+class _Strided(torch.utils.data.Sampler):
+    """Indices start, start+1, ... in batches of `per_rank`, skipping the other ranks' batches."""
+
+    def __init__(self, indices: range, per_rank: int, world: int) -> None:
+        self.indices, self.per_rank, self.world = indices, per_rank, world
+
+    def __iter__(self):
+        i = self.indices.start
+        while True:
+            yield from range(i, i + self.per_rank)
+            i += self.per_rank * self.world
+
+    def __len__(self) -> int:
+        return 2**62
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cfg, args = parse_config(argv)
+    try:
+        train(cfg, resume=args.resume)
+    except (FileNotFoundError, ValueError) as err:
+        log.error("%s", err)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
