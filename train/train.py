@@ -204,6 +204,58 @@ def ema_update(ema: Generator, model: Generator, decay: float) -> None:
             e.lerp_(p.detach().float(), 1 - decay)
 
 
+def train_step(
+    cfg: TrainConfig,
+    generator: torch.nn.Module,
+    disc: torch.nn.Module | None,
+    opt_g: torch.optim.Optimizer,
+    opt_d: torch.optim.Optimizer | None,
+    clean: torch.Tensor,
+    noisy: torch.Tensor,
+    smap: torch.Tensor,
+    amp: torch.autocast,
+    step: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One optimisation step: the discriminator update (stage gan), then the generator update.
+
+    `generator` and `disc` may be DistributedDataParallel wrappers. Returns the detached
+    (pixel loss, adversarial loss, discriminator loss); the gradients stay on the parameters."""
+    with amp:
+        fake = generator(noisy, smap)
+    fake = fake.float()
+    loss_pix = F.l1_loss(fake, clean)
+    if cfg.ssim_weight:
+        loss_pix = loss_pix + cfg.ssim_weight * ssim_loss(fake, clean)
+    loss_adv = loss_d = torch.zeros((), device=clean.device)
+    if disc is not None:
+        # Real and fake pairs in one forward: one spectral-norm power iteration and one DDP reduction.
+        with amp:
+            d_real, d_fake = disc(torch.cat([noisy, noisy]), torch.cat([clean, fake.detach()])).float().chunk(2)
+        loss_d, _ = gan_losses(cfg.gan_loss, d_real, d_fake)
+        opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        opt_d.step()
+        # The generator's adversarial pass bypasses the DDP wrapper: no discriminator gradient is
+        # wanted there, and DDP would wait for one that never comes.
+        plain = disc.module if isinstance(disc, torch.nn.parallel.DistributedDataParallel) else disc
+        plain.requires_grad_(False)
+        try:
+            with amp:
+                d_real, d_fake = plain(torch.cat([noisy, noisy]), torch.cat([clean, fake])).float().chunk(2)
+            _, loss_adv = gan_losses(cfg.gan_loss, d_real.detach(), d_fake)
+        finally:
+            plain.requires_grad_(True)
+    loss = loss_pix + cfg.adv_weight * loss_adv if disc is not None else loss_pix
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"loss became {loss.item()} at step {step}")
+    opt_g.zero_grad(set_to_none=True)
+    loss.backward()
+    if cfg.grad_clip:
+        torch.nn.utils.clip_grad_norm_(generator.parameters(), cfg.grad_clip)
+    opt_g.step()
+    return loss_pix.detach(), loss_adv.detach(), loss_d.detach()
+
+
 def setup_distributed() -> tuple[int, int, torch.device]:
     """(rank, world size, device); torchrun sets the environment for several GPUs/machines."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -218,7 +270,18 @@ def setup_distributed() -> tuple[int, int, torch.device]:
 
 
 def train(cfg: TrainConfig, resume: bool = False) -> Path:
-    """Run one stage; returns the exported generator folder (OUTPUT_DIR/final)."""
+    """Run one stage; returns the exported generator folder (OUTPUT_DIR/final), written once
+    max_steps is reached. SIGINT/SIGTERM save a checkpoint and stop; the previous handlers are
+    restored on return."""
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return _run(cfg, resume)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _run(cfg: TrainConfig, resume: bool) -> Path:
     rank, world, device = setup_distributed()
     main = rank == 0
     if cfg.threads:
@@ -248,7 +311,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         disc = Discriminator(DiscriminatorConfig(**{**asdict(cfg.discriminator), "channels": cfg.channels})).to(device)
         opt_d = torch.optim.AdamW(disc.parameters(), lr=cfg.d_lr, betas=(0.0, 0.99), weight_decay=0.0)
 
-    step = 0
+    step, seconds_before = 0, 0.0
     if resume and (ckpt_dir / "state.json").exists():
         state = load_state(ckpt_dir)
         model.load_state_dict(state["model"])
@@ -258,6 +321,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
             disc.load_state_dict(state["disc"])
             opt_d.load_state_dict(state["opt_d"])
         step = state["step"]
+        seconds_before = float(state.get("seconds", 0.0))  # absent in checkpoints of older runs
         log.info("resumed from %s at step %d", ckpt_dir, step)
     elif resume:
         log.warning("--resume: no checkpoint in %s, starting from scratch", ckpt_dir)
@@ -271,12 +335,17 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
 
     saved = {"step": -1}
+    t_start = time.time()
+
+    def elapsed() -> float:
+        """Training seconds over all sessions of this run."""
+        return seconds_before + time.time() - t_start
 
     def save_checkpoint() -> None:
         if not main or saved["step"] == step:
             return
         saved["step"] = step
-        state = {"step": step, "model": model.state_dict(), "ema": ema.state_dict(), "opt_g": opt_g.state_dict()}
+        state = {"step": step, "seconds": elapsed(), "model": model.state_dict(), "ema": ema.state_dict(), "opt_g": opt_g.state_dict()}
         if disc is not None:
             state["disc"] = (disc.module if world > 1 else disc).state_dict()
             state["opt_d"] = opt_d.state_dict()
@@ -322,33 +391,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         clean, noisy, smap = (t.to(device, non_blocking=True) for t in (clean, noisy, smap))
         for group in opt_g.param_groups:
             group["lr"] = cfg.lr * lr_factor(cfg, step)
-        with amp:
-            fake = ddp_model(noisy, smap)
-        fake = fake.float()
-        loss_pix = F.l1_loss(fake, clean)
-        if cfg.ssim_weight:
-            loss_pix = loss_pix + cfg.ssim_weight * ssim_loss(fake, clean)
-        loss_adv = loss_d = torch.zeros(())
-        if disc is not None:
-            with amp:
-                d_real, d_fake = disc(noisy, clean), disc(noisy, fake.detach())
-            loss_d, _ = gan_losses(cfg.gan_loss, d_real.float(), d_fake.float())
-            opt_d.zero_grad(set_to_none=True)
-            loss_d.backward()
-            opt_d.step()
-            disc.requires_grad_(False)
-            with amp:
-                d_real, d_fake = disc(noisy, clean), disc(noisy, fake)
-            _, loss_adv = gan_losses(cfg.gan_loss, d_real.float().detach(), d_fake.float())
-            disc.requires_grad_(True)
-        loss = loss_pix + cfg.adv_weight * loss_adv if disc is not None else loss_pix
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss became {loss.item()} at step {step}")
-        opt_g.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt_g.step()
+        loss_pix, loss_adv, loss_d = train_step(cfg, ddp_model, disc, opt_g, opt_d, clean, noisy, smap, amp, step)
         ema_update(ema, model, cfg.ema_decay if step >= cfg.warmup_steps else 0.0)
         step += 1
         seen += clean.shape[0] * world
@@ -368,23 +411,23 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
             save_checkpoint()
     bar.close()
     save_checkpoint()
-    if not main:
-        return out / "final"
     final = out / "final"
-    if step >= cfg.max_steps:
+    if main and step >= cfg.max_steps:
         metrics = validate(ema, val_images, cfg.val_sigmas, seed=10_000)
         from .export import export
 
-        export(ema, final, cfg, metrics, steps=step, train_images=len(train_paths), val_images=len(val_paths), seconds=time.time() - t0)
+        export(ema, final, cfg, metrics, steps=step, train_images=len(train_paths), val_images=len(val_paths), seconds=elapsed())
         if cfg.push_to_hub:
             from .export import push
 
             push(final, cfg.push_to_hub)
-    else:
+    elif main:
         log.info("stopped at step %d of %d; continue with --resume", step, cfg.max_steps)
-    log_file.close()
+    if main:
+        log_file.close()
+    if world > 1:
+        torch.distributed.destroy_process_group()
     return final
-
 
 class _Strided(torch.utils.data.Sampler):
     """Indices start, start+1, ... in batches of `per_rank`, skipping the other ranks' batches."""
