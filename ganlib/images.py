@@ -281,7 +281,7 @@ def _read_source(src: str | Path | bytes | BinaryIO) -> tuple[bytes, str, str]:
     raise ImageError(f"cannot load an image from a {type(src).__name__}; give a path, bytes, a binary file, a PIL image or an array.")
 
 
-def _describe(e: Exception) -> str:
+def _describe(e: Exception | Warning) -> str:
     text = str(e).strip().rstrip(".") or type(e).__name__
     return text[:200]
 
@@ -308,10 +308,14 @@ def load_image(
     truncated = ImageFile.LOAD_TRUNCATED_IMAGES
     ImageFile.LOAD_TRUNCATED_IMAGES = False  # never accept a silently truncated image
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             # we check the declared size ourselves, against max_pixels, before decoding
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            return _load_pil(src if data is None else None, data, label, name, max_pixels)
+            out = _load_pil(src if data is None else None, data, label, name, max_pixels)
+        for w in caught:  # decoder warnings (e.g. damaged metadata) become notes, not stderr noise
+            out.notes.append(f"warning while reading: {_describe(w.message)}")
+        return out
     except ImageError:
         raise
     except Image.DecompressionBombError:

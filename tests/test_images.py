@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import struct
 import zlib
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -18,6 +19,11 @@ from PIL import Image, ImageCms, features
 from ganlib.images import ImageData, ImageError, encode_png, load_image, save_image, to_numpy, to_pil, to_tensor
 
 RNG = np.random.default_rng(0)
+
+
+def read_pil(path) -> Image.Image:
+    """Open an image file without leaving a file handle open."""
+    return Image.open(io.BytesIO(Path(path).read_bytes()))
 
 
 def rand(shape, dtype=np.uint8) -> np.ndarray:
@@ -99,7 +105,7 @@ def test_8bit_roundtrip_through_files(tmp_path, mode, shape):
         assert data.alpha is None
         exact(data, a)
     out = save_image(data, tmp_path / "out.png")
-    back = Image.open(out)
+    back = read_pil(out)
     assert back.mode == mode
     np.testing.assert_array_equal(np.asarray(back), a)
 
@@ -110,7 +116,7 @@ def test_alpha_untouched_when_pixels_change(tmp_path):
     alpha = data.alpha.copy()
     new = data.with_pixels(1 - data.pixels)
     assert new.alpha is data.alpha and new.bit_depth == 8 and new.notes == data.notes and new.notes is not data.notes
-    out = np.asarray(Image.open(save_image(new, tmp_path / "x.png")))
+    out = np.asarray(read_pil(save_image(new, tmp_path / "x.png")))
     np.testing.assert_array_equal(out[..., 3], alpha)
     np.testing.assert_array_equal(out[..., :3], 255 - a[..., :3])
     with pytest.raises(ValueError, match="alpha"):
@@ -127,7 +133,7 @@ def test_16bit_gray_png_and_tiff_stay_16bit(tmp_path):
         data = load_image(tmp_path / name)
         assert data.bit_depth == 16 and data.pixels.shape == (1, 1, 7, 11)
         exact(data, g)
-        back = Image.open(save_image(data, tmp_path / f"out_{name}.png"))
+        back = read_pil(save_image(data, tmp_path / f"out_{name}.png"))
         assert back.mode == "I;16"
         np.testing.assert_array_equal(np.asarray(back), g)
 
@@ -182,7 +188,7 @@ def test_icc_profile_preserved(tmp_path, bit_depth):
     data = load_image(src)
     assert data.icc_profile == icc and data.bit_depth == bit_depth
     out = save_image(data, tmp_path / "out.png")
-    assert Image.open(out).info.get("icc_profile") == icc
+    assert read_pil(out).info.get("icc_profile") == icc
     assert load_image(out).icc_profile == icc
 
 
@@ -258,7 +264,7 @@ def test_float_tiff(tmp_path):
     data = load_image(tmp_path / "f.tif")
     assert data.pixels.shape == (1, 1, 3, 4) and data.bit_depth == 16 and data.notes == []
     np.testing.assert_allclose(data.pixels[0, 0].numpy(), f, atol=1e-7)
-    out = Image.open(save_image(data, tmp_path / "f.png"))
+    out = read_pil(save_image(data, tmp_path / "f.png"))
     assert out.mode == "I;16"
     np.testing.assert_array_equal(np.asarray(out), np.round(f * 65535).astype(np.uint16))
     # out of range values are clamped, with a note
@@ -292,8 +298,9 @@ def test_sources_path_bytes_file_pil_array(tmp_path):
     Image.fromarray(a).save(p)
     with open(p, "rb") as f:
         from_file = load_image(f)
-    loaded = [load_image(str(p)), load_image(p), load_image(p.read_bytes()), from_file, load_image(Image.open(p)),
-              load_image(a)]
+    with Image.open(p) as im:
+        from_pil = load_image(im)
+    loaded = [load_image(str(p)), load_image(p), load_image(p.read_bytes()), from_file, from_pil, load_image(a)]
     for d in loaded:
         exact(d, a)
     assert [d.name for d in loaded] == ["s", "s", "", "s", "s", ""]
@@ -314,7 +321,7 @@ def test_save_image_atomic_and_naming(tmp_path):
 def test_save_clamps_out_of_range_pixels(tmp_path):
     data = load_image(rand((2, 2)))
     wild = data.with_pixels(torch.tensor([[[[-0.5, 0.25], [1.5, float("nan")]]]]))
-    back = np.asarray(Image.open(save_image(wild, tmp_path / "w.png")))
+    back = np.asarray(read_pil(save_image(wild, tmp_path / "w.png")))
     np.testing.assert_array_equal(back, [[0, 64], [255, 0]])
 
 
