@@ -2,18 +2,24 @@
 
 `denoise(model, noisy, sigma)` is what the CLI, the training validation, the benchmark, the demo and
 the tests call. Noise levels given here are on the 0-255 scale (a number, or a (N,1,H,W) map);
-None means "estimate it from the image".
+None means "estimate it from the image". `denoise_image(weights, image)` is the same on a loaded
+`ImageData` (alpha, bit depth, ICC profile kept) with the fidelity/GAN blend chosen by `realism`.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from .models import Generator
+
+if TYPE_CHECKING:  # runtime imports stay lazy: hub and images are not needed to denoise tensors
+    from .hub import Weights
+    from .images import ImageData
 
 log = logging.getLogger(__name__)
 
@@ -120,3 +126,20 @@ def denoise(
     if channels != want:
         out = out.mean(dim=1, keepdim=True) if channels == 1 else out.expand(-1, 3, -1, -1)
     return out.clamp(0, 1).to(noisy.device)
+
+
+def denoise_image(
+    weights: Weights,
+    image: ImageData,
+    *,
+    sigma: float | torch.Tensor | None = None,
+    realism: float = 0.0,
+    tile: int | None = 512,
+    overlap: int = 64,
+    progress: ProgressFn | None = None,
+) -> ImageData:
+    """Denoise a loaded image with `weights.generator(realism)`; returns a new ImageData with the same
+    metadata (alpha, bit depth, ICC profile, name). sigma as in `denoise` (0-255 scale, None = estimate)."""
+    model = weights.generator(realism)
+    result = denoise(model, image.pixels, sigma, tile=tile, overlap=overlap, progress=progress)
+    return image.with_pixels(result)

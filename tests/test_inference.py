@@ -1,0 +1,130 @@
+"""Tiled inference (== one pass), noise-level estimation, channel handling and denoise_image."""
+
+import numpy as np
+import pytest
+import torch
+
+from ganlib.hub import Weights
+from ganlib.images import ImageData
+from ganlib.inference import denoise, denoise_image, estimate_sigma
+from ganlib.models import Generator, GeneratorConfig
+from ganlib.noise import add_noise
+
+
+def tiny(seed: int = 0, channels: int = 3) -> Generator:
+    torch.manual_seed(seed)
+    model = Generator(GeneratorConfig(channels=channels, widths=[8, 16], blocks=[1, 1])).eval()
+    with torch.no_grad():
+        model.tail.weight.mul_(10)  # a clearly non-zero residual, so tiling seams would show
+    return model
+
+
+def smooth(h: int, w: int, channels: int = 3) -> torch.Tensor:
+    """A smooth synthetic photo: gradients and low-frequency waves, in [0.1, 0.9]."""
+    y, x = torch.meshgrid(torch.linspace(0, 1, h), torch.linspace(0, 1, w), indexing="ij")
+    planes = [0.5 + 0.3 * torch.sin(2 * np.pi * (x * (k + 1) + y * (2 - k) / 2)) + 0.1 * (x - y) for k in range(channels)]
+    return torch.stack(planes)[None].clamp(0.1, 0.9)
+
+
+def noisy_image(h: int = 200, w: int = 300, sigma: float = 25.0, seed: int = 0) -> torch.Tensor:
+    return add_noise(smooth(h, w), "gaussian", sigma=sigma, seed=seed)
+
+
+def test_tiled_equals_untiled():
+    model, x = tiny(), noisy_image()
+    whole = denoise(model, x, 25.0, tile=None)
+    calls = []
+    tiled = denoise(model, x, 25.0, tile=160, overlap=96, progress=lambda d, t: calls.append((d, t)))
+    assert len(calls) > 4  # really tiled
+    assert (tiled - whole).abs().max() < 1e-4
+    assert (whole - x.clamp(0, 1)).abs().mean() > 1e-3  # the model does change the image
+
+
+def test_tiled_equals_untiled_with_a_noise_map():
+    model, x = tiny(seed=1), noisy_image(seed=1)
+    ramp = torch.linspace(5, 50, x.shape[-1]).expand(1, 1, x.shape[-2], -1).contiguous()
+    whole = denoise(model, x, ramp, tile=None)
+    tiled = denoise(model, x, ramp, tile=160, overlap=96)
+    assert (tiled - whole).abs().max() < 1e-4
+    assert not torch.allclose(whole, denoise(model, x, 25.0, tile=None))  # the map is used
+
+
+def test_tiles_blend_to_the_input_for_an_identity_model():
+    """With a zeroed tail the model is the identity: tile blending must then give the input back."""
+    model = tiny()
+    with torch.no_grad():
+        model.tail.weight.zero_()
+        model.tail.bias.zero_()
+    x = smooth(40, 50)
+    for tile, overlap in [(16, 8), (32, 0), (24, 16)]:
+        assert torch.allclose(denoise(model, x, 10.0, tile=tile, overlap=overlap), x, atol=1e-6)
+
+
+def test_progress_reports_every_tile_in_order():
+    calls = []
+    denoise(tiny(), noisy_image(100, 150), 25.0, tile=64, overlap=16, progress=lambda d, t: calls.append((d, t)))
+    total = calls[-1][1]
+    # stride 48: rows start at 0, 48 (48 + 64 >= 100), columns at 0, 48, 96
+    assert total == 6
+    assert calls == [(i, total) for i in range(1, total + 1)]
+    one = []
+    denoise(tiny(), noisy_image(40, 40), 25.0, tile=64, progress=lambda d, t: one.append((d, t)))
+    assert one == [(1, 1)]
+
+
+def test_estimate_sigma_on_gaussian_noise():
+    clean = smooth(256, 256)
+    for sigma in (10.0, 25.0):
+        noisy = add_noise(clean, "gaussian", sigma=sigma, seed=3, clip=False)
+        assert estimate_sigma(noisy) == pytest.approx(sigma, rel=0.15)
+    assert estimate_sigma(clean) < 2.0
+
+
+def test_auto_sigma_matches_the_estimate():
+    model, x = tiny(), noisy_image(64, 64)
+    assert torch.equal(denoise(model, x, None), denoise(model, x, estimate_sigma(x)))
+
+
+def test_gray_through_colour_model_and_back():
+    gray = noisy_image(40, 50).mean(dim=1, keepdim=True)
+    out = denoise(tiny(), gray, 20.0)
+    assert out.shape == gray.shape
+    colour = noisy_image(40, 50)
+    out = denoise(tiny(channels=1), colour, 20.0)
+    assert out.shape == colour.shape
+    assert torch.equal(out[:, 0], out[:, 1])  # a gray model gives a gray result
+
+
+def test_bad_inputs_raise_value_error():
+    model = tiny()
+    with pytest.raises(ValueError):
+        denoise(model, torch.rand(2, 3, 8, 8), 10.0)
+    with pytest.raises(ValueError):
+        denoise(model, torch.rand(1, 2, 8, 8), 10.0)
+    with pytest.raises(ValueError):
+        denoise(model, torch.rand(1, 3, 8, 8), -5.0)
+    with pytest.raises(ValueError):
+        denoise(model, torch.rand(1, 3, 8, 8), torch.zeros(1, 1, 4, 4))
+
+
+def test_denoise_image_keeps_metadata():
+    rng = np.random.default_rng(0)
+    alpha = rng.integers(0, 65535, size=(30, 40), dtype=np.uint16)
+    image = ImageData(pixels=noisy_image(30, 40), alpha=alpha, bit_depth=16, icc_profile=b"fake-icc", name="photo")
+    weights = Weights(fidelity=tiny(), gan=tiny(seed=9), source="test")
+    out = denoise_image(weights, image, sigma=25.0, tile=16, overlap=8)
+    assert out.pixels.shape == image.pixels.shape
+    assert np.array_equal(out.alpha, alpha) and out.alpha.dtype == np.uint16
+    assert (out.bit_depth, out.icc_profile, out.name) == (16, b"fake-icc", "photo")
+    assert not torch.allclose(out.pixels, image.pixels)
+    assert torch.equal(out.pixels, denoise(weights.fidelity, image.pixels, 25.0, tile=16, overlap=8))
+    gan = denoise_image(weights, image, sigma=25.0, realism=1.0)
+    assert torch.equal(gan.pixels, denoise(weights.gan, image.pixels, 25.0))
+    with pytest.raises(ValueError):
+        denoise_image(weights, image, realism=1.5)
+
+
+def test_denoise_image_realism_needs_gan_weights():
+    image = ImageData(pixels=noisy_image(16, 16))
+    with pytest.raises(ValueError, match="GAN"):
+        denoise_image(Weights(fidelity=tiny(), gan=None, source="fid-only"), image, sigma=10.0, realism=0.5)
