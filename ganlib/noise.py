@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import math
+import numbers
 
 import numpy as np
 import torch
@@ -49,7 +50,7 @@ def _params(kind: str, params: dict) -> dict:
         raise ValueError(f"noise kind {kind!r} takes {sorted(DEFAULTS[kind])}, not {sorted(unknown)}")
     p = {**DEFAULTS[kind], **{k: v for k, v in params.items() if v is not None}}
     for name in ("sigma", "peak", "amount", "salt_ratio"):
-        if name in p and not (isinstance(p[name], (int, float)) and math.isfinite(p[name])):
+        if name in p and not (isinstance(p[name], numbers.Real) and not isinstance(p[name], bool) and math.isfinite(p[name])):
             raise ValueError(f"{name} must be a finite number, got {p[name]!r}")
     if p.get("sigma", 0) < 0:
         raise ValueError(f"sigma must be >= 0, got {p['sigma']}")
@@ -59,14 +60,15 @@ def _params(kind: str, params: dict) -> dict:
         if name in p and not 0 <= p[name] <= 1:
             raise ValueError(f"{name} must be in [0, 1], got {p[name]}")
     q = p.get("quality")
-    if q is not None and not (float(q) == int(q) and 1 <= int(q) <= 100):
+    if q is not None and not (isinstance(q, numbers.Real) and math.isfinite(q) and q == int(q) and 1 <= q <= 100):
         raise ValueError(f"JPEG quality must be an integer in 1..100, got {q}")
     return p
 
 
 def _check_image(image: torch.Tensor) -> None:
-    if not isinstance(image, torch.Tensor) or image.dim() not in (3, 4) or image.shape[-3] not in (1, 3):
-        shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+    if (not isinstance(image, torch.Tensor) or not image.is_floating_point() or image.dim() not in (3, 4)
+            or image.shape[-3] not in (1, 3)):
+        shape = f"{tuple(image.shape)} {image.dtype}" if isinstance(image, torch.Tensor) else type(image).__name__
         raise ValueError(f"expected a float tensor (C,H,W) or (N,C,H,W) with 1 or 3 channels, got {shape}")
 
 
