@@ -278,7 +278,9 @@ def _read_source(src: str | Path | bytes | BinaryIO) -> tuple[bytes, str, str]:
         if not isinstance(data, (bytes, bytearray)):
             raise ImageError(f"{label} must be opened in binary mode.")
         return bytes(data), label, stem
-    raise ImageError(f"cannot load an image from a {type(src).__name__}; give a path, bytes, a binary file, a PIL image or an array.")
+    raise ImageError(
+        f"cannot load an image from a {type(src).__name__}; give a path, bytes, a binary file, a PIL image or an array."
+    )
 
 
 def _describe(e: Exception | Warning) -> str:

@@ -294,10 +294,16 @@ invalid_params = st.one_of(
         st.just("salt_pepper"),
         st.fixed_dictionaries({"amount": st.one_of(st.floats(max_value=-1e-6), st.floats(min_value=1 + 1e-6))}),
     ),
-    st.tuples(st.just("camera"), st.fixed_dictionaries({"quality": st.one_of(st.integers(max_value=0), st.integers(min_value=101))})),
+    st.tuples(
+        st.just("camera"),
+        st.fixed_dictionaries({"quality": st.one_of(st.integers(max_value=0), st.integers(min_value=101))}),
+    ),
     st.tuples(st.sampled_from(KINDS), st.fixed_dictionaries({"bogus": st.floats(0, 1)})),
     st.tuples(st.text(min_size=1, max_size=8).filter(lambda k: k not in KINDS), st.just({})),
-    st.tuples(st.sampled_from(["gaussian", "speckle"]), st.fixed_dictionaries({"sigma": st.sampled_from([float("nan"), float("inf")])})),
+    st.tuples(
+        st.sampled_from(["gaussian", "speckle"]),
+        st.fixed_dictionaries({"sigma": st.sampled_from([float("nan"), float("inf")])}),
+    ),
 )
 
 
