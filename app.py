@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import io
 import logging
+import math
 import os
 import re
 import shutil
@@ -144,6 +145,17 @@ def _noise_params(kind: str, params: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _psnr(result: torch.Tensor, reference: torch.Tensor) -> float | None:
+    """PSNR in dB, or None when the images are identical (infinite PSNR has no JSON form)."""
+    value = psnr(result, reference)
+    return round(value, 3) if math.isfinite(value) else None
+
+
+def _ssim(result: torch.Tensor, reference: torch.Tensor) -> float | None:
+    """SSIM, or None for images under 7 pixels on a side (too small for its 7x7 window)."""
+    return round(ssim(result, reference), 4) if min(reference.shape[-2:]) >= 7 else None
+
+
 def _out_dir() -> Path:
     """A fresh folder per request (same upload names never collide); folders older than an hour are removed."""
     OUTPUT_ROOT.mkdir(parents=True, exist_ok=True)
@@ -185,6 +197,17 @@ def run(
     strength: the noise level (0-255 scale) given to the network; None = estimated from the image.
     progress: a gr.Progress (or None); called once per tile.
     """
+    try:
+        return _run(image, noise_kind, noise_params, seed, strength, realism, progress)
+    except gr.Error:
+        raise
+    except Exception as err:  # a failure nobody anticipated: logged in full, one sentence for the user
+        log.exception("denoising failed")
+        detail = (str(err).splitlines() or [""])[0][:200]
+        raise gr.Error(f"Denoising failed ({type(err).__name__}{': ' + detail if detail else ''}).") from None
+
+
+def _run(image, noise_kind, noise_params, seed, strength, realism, progress) -> Result:
     t0 = time.perf_counter()
     src, name, nbytes = _source(image)
     if nbytes is not None and nbytes > MAX_FILE_MB * 1024 * 1024:
@@ -223,7 +246,12 @@ def run(
         noisy = original.with_pixels(pixels)
     source = noisy if noisy is not None else original
 
-    estimated = estimate_sigma(source.pixels)
+    try:
+        estimated = estimate_sigma(source.pixels)
+    except ValueError:  # too small to estimate anything from
+        estimated = float("nan")
+    if not math.isfinite(estimated):  # e.g. a flat or tiny image: nothing to estimate, so nothing to remove
+        estimated = 0.0
     sigma = float(strength) if strength is not None else estimated
 
     def tile_progress(done: int, total: int) -> None:
@@ -257,10 +285,10 @@ def run(
     if noisy is not None:
         ref = original.pixels
         metrics.update(
-            psnr_noisy=round(psnr(noisy.pixels, ref), 3),
-            ssim_noisy=round(ssim(noisy.pixels, ref), 4),
-            psnr_denoised=round(psnr(denoised.pixels, ref), 3),
-            ssim_denoised=round(ssim(denoised.pixels, ref), 4),
+            psnr_noisy=_psnr(noisy.pixels, ref),
+            ssim_noisy=_ssim(noisy.pixels, ref),
+            psnr_denoised=_psnr(denoised.pixels, ref),
+            ssim_denoised=_ssim(denoised.pixels, ref),
         )
 
     out = _out_dir()
@@ -301,6 +329,10 @@ def api_denoise(
     return str(res.files["denoised"]), res.metrics
 
 
+def _num(x: float | None, digits: int = 4) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
 def _metrics_markdown(res: Result) -> str:
     m = res.metrics
     lines = [
@@ -313,8 +345,8 @@ def _metrics_markdown(res: Result) -> str:
             "",
             "| vs original | PSNR (dB) | SSIM |",
             "|---|---|---|",
-            f"| noisy | {m['psnr_noisy']:.2f} | {m['ssim_noisy']:.4f} |",
-            f"| denoised | {m['psnr_denoised']:.2f} | {m['ssim_denoised']:.4f} |",
+            f"| noisy | {_num(m['psnr_noisy'], 2)} | {_num(m['ssim_noisy'])} |",
+            f"| denoised | {_num(m['psnr_denoised'], 2)} | {_num(m['ssim_denoised'])} |",
             "",
         ]
     else:

@@ -169,6 +169,48 @@ def test_too_many_pixels_is_a_gradio_error(app, rgb_png, monkeypatch):
         app.run(str(rgb_png), "none", {}, seed=0)
 
 
+def test_decompression_bomb_is_a_gradio_error(app, tmp_path):
+    """A tiny PNG whose header declares 100000 x 100000 pixels is refused before decoding."""
+    import struct
+    import zlib
+
+    good = write_png(tmp_path / "small.png", np.zeros((8, 8), np.uint8)).read_bytes()
+    ihdr = good[12:16] + struct.pack(">II", 100_000, 100_000) + good[24:29]
+    bomb = good[:8] + struct.pack(">I", 13) + ihdr + struct.pack(">I", zlib.crc32(ihdr)) + good[33:]
+    (tmp_path / "bomb.png").write_bytes(bomb)
+    with pytest.raises(gr.Error, match="megapixels|decompression bomb"):
+        app.run(str(tmp_path / "bomb.png"), "gaussian", {"sigma": 25}, seed=0)
+
+
+def test_file_size_limit(app, rgb_png, monkeypatch):
+    monkeypatch.setattr(app, "MAX_FILE_MB", 0)
+    with pytest.raises(gr.Error, match="the limit is 0 MB"):
+        app.run(str(rgb_png))
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 300), (5, 4)])
+def test_tiny_and_thin_images_work(app, tmp_path, shape):
+    """Too small for noise estimation or SSIM: still a result of the right size, with 'n/a' where a metric cannot exist."""
+    src = write_png(tmp_path / "thin.png", np.full((*shape, 3), 120, np.uint8))
+    for kind in ("none", "gaussian"):
+        res = app.run(str(src), kind, {"sigma": 20}, seed=0)
+        with Image.open(res.files["denoised"]) as im:
+            assert im.size == shape[::-1]
+        assert np.isfinite(res.metrics["sigma_used"])
+        if kind == "gaussian":
+            assert res.metrics["ssim_noisy"] is None and "n/a" in app._metrics_markdown(res)
+
+
+def test_unexpected_failure_is_one_sentence(app, rgb_png, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("kernel exploded\nsecond line")
+
+    monkeypatch.setattr(app, "_run_network", broken)
+    with pytest.raises(gr.Error) as err:
+        app.run(str(rgb_png))
+    assert err.value.message == "Denoising failed (RuntimeError: kernel exploded)."
+
+
 def test_bad_settings_are_gradio_errors(app, rgb_png):
     with pytest.raises(gr.Error, match="Upload an image"):
         app.run(None)
@@ -233,6 +275,7 @@ def server(app, tmp_path_factory):
     demo = app.build_demo(tmp_path_factory.mktemp("examples"))
     port = free_port()
     app.launch(demo, server_port=port, prevent_thread_lock=True, quiet=True)
+    assert demo.max_file_size == app.MAX_FILE_MB * 1024 * 1024  # the upload limit is on
     yield f"http://127.0.0.1:{port}/"
     demo.close()
 
