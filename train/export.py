@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import asdict
 from pathlib import Path
 
@@ -80,7 +81,7 @@ def model_card(cfg, metrics: dict[str, float], *, steps: int, train_images: int,
         steps=steps,
         batch=cfg.batch_size,
         hours=seconds / 3600,
-        device="a GPU" if torch.cuda.is_available() else "a 2-core CPU",
+        device=torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"a {os.cpu_count()}-core CPU",
         metrics="| metric | value |\n|---|---|\n" + rows,
     )
 

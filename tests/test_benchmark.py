@@ -1,0 +1,122 @@
+"""train.benchmark on two tiny synthetic photos with a tiny model: protocols, records, table, JSON,
+plot, the real-photo grid, the memory check and one run in a fresh worker process."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ganlib.metrics import psnr
+from ganlib.models import Generator, GeneratorConfig
+from train import benchmark
+
+
+def photos(folder: Path, n: int = 2) -> Path:
+    folder.mkdir(parents=True)
+    y, x = np.mgrid[0:40, 0:48] / 40.0
+    for i in range(n):
+        img = np.stack([np.sin(4 * x + i), np.cos(3 * y - i), x * y], -1) * 0.3 + 0.5
+        Image.fromarray((img * 255).round().astype(np.uint8)).save(folder / f"im{i}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("bench")
+    torch.manual_seed(0)
+    cfg = GeneratorConfig(widths=[8, 16], blocks=[1, 1])
+    Generator(cfg).save_pretrained(root / "weights" / "fidelity")
+    Generator(cfg).save_pretrained(root / "weights" / "gan")
+    return {"root": root, "data": photos(root / "set-a"), "weights": root / "weights"}
+
+
+def test_protocols() -> None:
+    clean = torch.full((1, 3, 32, 32), 0.02)
+    standard = benchmark.make_noisy(clean, 25, "standard", seed=0)
+    realistic = benchmark.make_noisy(clean, 25, "realistic", seed=0)
+    assert standard.min() < 0  # unclipped float noise
+    assert torch.equal(standard, benchmark.make_noisy(clean, 25, "standard", seed=0))
+    assert not torch.equal(standard, benchmark.make_noisy(clean, 25, "standard", seed=1))
+    assert realistic.min() >= 0 and realistic.max() <= 1
+    assert torch.allclose(realistic * 255, (realistic * 255).round(), atol=1e-4)
+    assert (standard.std() * 255).item() == pytest.approx(25, rel=0.1)
+    with pytest.raises(ValueError, match="standard or realistic"):
+        benchmark.make_noisy(clean, 25, "poisson", seed=0)
+
+
+def test_nlm_strengths_and_denoising() -> None:
+    assert benchmark.nlm_strength(25.0) == tuple(float(v) for v in benchmark.NLM_H[25.0])
+    lo, hi = benchmark.nlm_strength(15.0)[0], benchmark.nlm_strength(50.0)[0]
+    assert lo < benchmark.nlm_strength(30.0)[0] < hi and benchmark.nlm_strength(100.0)[0] > hi
+    y, x = np.mgrid[0:48, 0:48] / 48.0
+    clean = torch.from_numpy(np.stack([x, y, x * y])).float()[None]
+    noisy = benchmark.make_noisy(clean, 25, "standard", seed=0)
+    out = benchmark.nlm_denoise(noisy, 25.0)
+    assert out.shape == clean.shape
+    assert psnr(out, clean) > psnr(noisy, clean) + 5
+
+
+def test_parse_args_methods_and_sweep() -> None:
+    args = benchmark.parse_args(["--data", "d", "--methods", "ours,nlm", "--realism-sweep", "0,0.5,1"])
+    assert args.methods == ["ours", "nlm", "ours@0.5", "ours-gan"]
+    assert benchmark.realism_of("ours@0.5") == 0.5 and benchmark.realism_of("nlm") is None
+    with pytest.raises(SystemExit):
+        benchmark.parse_args(["--data", "d", "--methods", "ours,dncnn"])
+    with pytest.raises(SystemExit):
+        benchmark.parse_args(["--methods", "ours"])  # nothing to do
+
+
+def test_benchmark_table_json_and_plot(setup: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out, plot = tmp_path / "results.json", tmp_path / "plot.png"
+    rc = benchmark.main(["--data", str(setup["data"]), "--sigmas", "25", "--methods", "ours,nlm", "--realism-sweep", "0.5",
+                         "--protocol", "both", "--weights", str(setup["weights"]), "--threads", "1", "--same-process",
+                         "--output", str(out), "--plot", str(plot)])
+    assert rc == 0
+    result = json.loads(out.read_text())
+    records = result["results"]
+    assert {(r["method"], r["protocol"]) for r in records} == {(m, p) for m in ("ours", "nlm", "ours@0.5") for p in ("standard", "realistic")}
+    for r in records:
+        assert r["set"] == "set-a" and r["sigma"] == 25 and r["images"] == 2
+        assert math.isfinite(r["psnr"]) and 0 < r["ssim"] <= 1 and r["sec_per_mp"] > 0
+        assert r["peak_mb"] is None or r["peak_mb"] >= 0
+    nlm = {r["protocol"]: r for r in records if r["method"] == "nlm"}
+    assert nlm["standard"]["psnr"] > 25  # it really denoises (noisy input is about 20 dB)
+    assert result["meta"]["nlm_h"]["25"] == list(benchmark.nlm_strength(25.0))
+    printed = capsys.readouterr().out
+    assert "**set-a** (2 images, standard protocol)" in printed and "**set-a** (2 images, realistic protocol)" in printed
+    assert "| nlm | " in printed and "| ours@0.5 | " in printed
+    assert result["markdown"].strip() in printed
+    with Image.open(plot) as im:
+        assert im.format == "PNG" and im.width > 300
+
+
+def test_real_grid_and_memory_check(setup: dict[str, Path], tmp_path: Path) -> None:
+    grid = tmp_path / "grid.png"
+    info = benchmark.real_grid(str(setup["data"]), grid, str(setup["weights"]), ["ours", "ours-gan"], crop=32, limit=None, tile=512)
+    assert [i["image"] for i in info] == ["im0.png", "im1.png"] and all(i["sigma"] >= 0 for i in info)
+    with Image.open(grid) as im:
+        assert im.size == (3 * 32, 2 * 32 + 18)  # noisy | ours | ours-gan, a header line
+    mem = benchmark.memory_check(str(setup["weights"]), tile=32, threads=1, width=96, height=64)
+    assert mem["width"] == 96 and mem["sec_per_mp"] > 0
+    assert mem["peak_rss_mb"] >= mem["rss_before_mb"] > 0
+
+
+def test_method_runs_in_a_fresh_process(setup: dict[str, Path]) -> None:
+    records = benchmark.in_worker(benchmark.run_method, "nlm", [str(setup["data"])], [15.0], ["realistic"], 1, None, 512, 1)
+    assert len(records) == 1 and records[0]["images"] == 1 and records[0]["psnr"] > 25
+    assert records[0]["peak_mb"] is not None  # /proc/self/clear_refs works on Linux
+
+
+def test_cbm3d_on_one_tiny_crop() -> None:
+    pytest.importorskip("bm3d", reason="optional peer package bm3d not installed")
+    y, x = np.mgrid[0:32, 0:32] / 32.0
+    clean = torch.from_numpy(np.stack([x, y, x * y])).float()[None]
+    noisy = benchmark.make_noisy(clean, 25, "standard", seed=0)
+    out = benchmark.cbm3d_denoise(noisy, 25.0)
+    assert out.shape == clean.shape and psnr(out, clean) > psnr(noisy, clean) + 5

@@ -1,0 +1,503 @@
+"""Benchmark the denoisers side by side: ours (fidelity, GAN, realism sweep), CBM3D and OpenCV NLM.
+
+    python -m train.benchmark --data ../shared/data/test-CBSD68 ../shared/data/test-Kodak24 \\
+        --sigmas 15,25,50 --methods ours,ours-gan,cbm3d,nlm --output results.json --plot plot.png
+
+For every folder, protocol, noise level and method: mean PSNR and SSIM (`ganlib.metrics`), seconds
+per megapixel of the denoising call alone, and the peak resident memory that denoising one image
+added to its process. Each method runs in a fresh worker process, so that the peak memory is that
+method's own (read from /proc/self/status VmHWM, reset before every image through
+/proc/self/clear_refs), and no method inherits another's caches or threads.
+
+Protocols (noise seed = image index, 0, 1, 2, ... in sorted file order):
+- standard:  additive white Gaussian noise in floating point, no clipping (the literature's protocol)
+- realistic: the same noise, then clipped and rounded to 8 bits (an uploaded noisy photo)
+OpenCV NLM only takes 8-bit input: it always gets the clipped and rounded noisy image.
+
+Other modes: --grid-real DIR --grid-out PNG (a visual grid on real noisy photos at the estimated
+noise level), --memory-check (a synthetic 6000x4000 photo through our tiled inference), --tune-nlm
+(choose NLM's filter strengths on training images; the results are the NLM_H constants below).
+CBM3D comes from the optional `bm3d` package (non-commercial license): benchmark-only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import importlib.util
+import json
+import logging
+import math
+import multiprocessing
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ganlib.images import load_image, to_numpy, to_pil, to_tensor
+from ganlib.inference import denoise, estimate_sigma
+from ganlib.metrics import psnr, ssim
+from ganlib.noise import add_noise
+
+log = logging.getLogger("train.benchmark")
+
+# OpenCV fastNlMeansDenoisingColored filter strengths h (luminance) = hColor (colour) per Gaussian
+# sigma (0-255), chosen on TRAINING images, never on a test set, with
+#   python -m train.benchmark --tune-nlm ../shared/data/train-CBSD432 --sigmas 15,25,50 --limit 3
+# (the 3 first training images in sorted order, centre 192x192 crops, standard-protocol noise,
+# h = ratio * sigma for each ratio of NLM_GRID, best mean PSNR; templateWindowSize 7,
+# searchWindowSize 21). Measured: sigma 15: h 7.5 -> 29.87 dB (9 -> 29.72); sigma 25: h 12.5 ->
+# 26.87 dB (15 -> 26.84); sigma 50: h 25 -> 23.83 dB (30 -> 23.63). Other sigmas: the h/sigma ratio
+# is interpolated between these (0.5 everywhere so far).
+NLM_H: dict[float, tuple[float, float]] = {
+    15.0: (7.5, 7.5),
+    25.0: (12.5, 12.5),
+    50.0: (25.0, 25.0),
+}
+NLM_GRID = [0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]  # candidate h / sigma ratios (hColor = h)
+
+PEERS = ("cbm3d", "nlm")
+PROTOCOLS = ("standard", "realistic")
+
+
+# --- methods -----------------------------------------------------------------------------------
+
+
+def nlm_strength(sigma: float) -> tuple[float, float]:
+    """(h, hColor) for OpenCV NLM at `sigma`: the tuned h/sigma ratios of NLM_H, interpolated."""
+    keys = sorted(NLM_H)
+    h = float(sigma * np.interp(sigma, keys, [NLM_H[k][0] / k for k in keys]))
+    hc = float(sigma * np.interp(sigma, keys, [NLM_H[k][1] / k for k in keys]))
+    return h, hc
+
+
+def nlm_denoise(noisy: torch.Tensor, sigma: float, h: float | None = None, h_color: float | None = None) -> torch.Tensor:
+    import cv2
+
+    if h is None:
+        h, h_color = nlm_strength(sigma)
+    arr = to_numpy(noisy.clamp(0, 1))  # uint8 HxWx3 (NLM takes 8-bit input only)
+    out = cv2.fastNlMeansDenoisingColored(np.ascontiguousarray(arr), None, h, h_color, 7, 21)
+    return to_tensor(out)
+
+
+def _bm3d():
+    try:
+        import bm3d
+    except ImportError as err:
+        raise SystemExit(
+            "method cbm3d needs the optional `bm3d` package (non-commercial license, benchmark only): "
+            "pip install -r requirements-dev.txt, or leave cbm3d out of --methods"
+        ) from err
+    return bm3d
+
+
+def cbm3d_denoise(noisy: torch.Tensor, sigma: float) -> torch.Tensor:
+    bm3d = _bm3d()
+    arr = noisy[0].permute(1, 2, 0).double().numpy()
+    out = bm3d.bm3d_rgb(arr, sigma_psd=sigma / 255.0)
+    return torch.from_numpy(np.clip(out, 0, 1)).float().permute(2, 0, 1)[None].contiguous()
+
+
+def realism_of(method: str) -> float | None:
+    """ours -> 0, ours-gan -> 1, ours@0.25 -> 0.25; None for the peers."""
+    if method == "ours":
+        return 0.0
+    if method == "ours-gan":
+        return 1.0
+    if method.startswith("ours@"):
+        return float(method[5:])
+    return None
+
+
+def make_method(method: str, weights_source: str | None, tile: int):
+    """A function (noisy (1,C,H,W), sigma) -> denoised, built inside the worker process."""
+    realism = realism_of(method)
+    if realism is not None:
+        from ganlib.hub import load_weights
+
+        model = load_weights(weights_source).generator(realism)
+        model.eval()
+        return lambda noisy, sigma: denoise(model, noisy, sigma, tile=tile)
+    if method == "cbm3d":
+        _bm3d()
+        return cbm3d_denoise
+    if method == "nlm":
+        return nlm_denoise
+    raise ValueError(f"unknown method {method!r}: use ours, ours-gan, ours@REALISM, cbm3d or nlm")
+
+
+# --- memory ------------------------------------------------------------------------------------
+
+
+def _status_kb(field: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def reset_peak() -> bool:
+    """Reset VmHWM (the peak resident set) to the current RSS; False where Linux does not allow it."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def rss_mb() -> float | None:
+    kb = _status_kb("VmRSS")
+    return None if kb is None else kb / 1024
+
+
+def peak_mb() -> float | None:
+    kb = _status_kb("VmHWM")
+    return None if kb is None else kb / 1024
+
+
+# --- data --------------------------------------------------------------------------------------
+
+
+def list_set(folder: str | Path, limit: int | None) -> list[Path]:
+    from .data import IMAGE_SUFFIXES
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise SystemExit(f"benchmark data folder not found: {folder}")
+    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not paths:
+        raise SystemExit(f"no images in {folder}")
+    return paths[:limit] if limit else paths
+
+
+def load_rgb(path: Path) -> torch.Tensor:
+    pixels = load_image(path).pixels
+    return pixels.expand(-1, 3, -1, -1).contiguous() if pixels.shape[1] == 1 else pixels
+
+
+def make_noisy(clean: torch.Tensor, sigma: float, protocol: str, seed: int) -> torch.Tensor:
+    if protocol == "standard":
+        return add_noise(clean, "gaussian", seed=seed, clip=False, sigma=sigma)
+    if protocol == "realistic":
+        return add_noise(clean, "gaussian", seed=seed, clip=True, quantize=True, sigma=sigma)
+    raise ValueError(f"protocol must be standard or realistic, not {protocol!r}")
+
+
+# --- the worker ----------------------------------------------------------------------------------
+
+
+def run_method(method: str, sets: list[str], sigmas: list[float], protocols: list[str], limit: int | None,
+               weights: str | None, tile: int, threads: int) -> list[dict]:
+    """All measurements of one method; meant to run in a fresh process (see `measure`)."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if threads:
+        torch.set_num_threads(threads)
+        import cv2
+
+        cv2.setNumThreads(threads)
+    fn = make_method(method, weights, tile)
+    warm = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    fn(warm, 25.0)  # first-call costs (allocators, kernels) are not the method's speed
+    can_reset = reset_peak()
+    records = []
+    for folder in sets:
+        paths = list_set(folder, limit)
+        cells = {(p, s): {"psnr": [], "ssim": [], "seconds": 0.0, "pixels": 0, "peak": 0.0} for p in protocols for s in sigmas}
+        bar = tqdm(total=len(paths) * len(cells), desc=f"{method} on {Path(folder).name}", dynamic_ncols=True, leave=False)
+        for i, path in enumerate(paths):
+            clean = load_rgb(path)
+            for (protocol, sigma), cell in cells.items():
+                noisy = make_noisy(clean, sigma, protocol, seed=i)
+                base = rss_mb()
+                reset_peak()
+                t = time.perf_counter()
+                out = fn(noisy, sigma)
+                cell["seconds"] += time.perf_counter() - t
+                top = peak_mb()
+                if can_reset and base is not None and top is not None:
+                    cell["peak"] = max(cell["peak"], top - base)
+                cell["pixels"] += clean.shape[-1] * clean.shape[-2]
+                cell["psnr"].append(psnr(out, clean))
+                cell["ssim"].append(ssim(out, clean))
+                bar.update(1)
+        bar.close()
+        for (protocol, sigma), cell in cells.items():
+            records.append({
+                "set": Path(folder).name,
+                "protocol": protocol,
+                "sigma": sigma,
+                "method": method,
+                "images": len(paths),
+                "psnr": float(np.mean(cell["psnr"])),
+                "ssim": float(np.mean(cell["ssim"])),
+                "sec_per_mp": cell["seconds"] / (cell["pixels"] / 1e6),
+                "peak_mb": round(cell["peak"], 1) if can_reset else None,
+            })
+    return records
+
+
+def in_worker(fn, *args):
+    """Run fn(*args) in a fresh spawned process and return its result."""
+    ctx = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+        return pool.submit(fn, *args).result()
+
+
+def memory_check(weights: str | None, tile: int, threads: int, width: int = 6000, height: int = 4000) -> dict:
+    """Denoise a synthetic width x height photo with tiling; peak resident memory of the process."""
+    if threads:
+        torch.set_num_threads(threads)
+    from ganlib.hub import load_weights
+
+    model = load_weights(weights).generator(0.0).eval()
+    base = rss_mb()
+    reset_peak()
+    g = torch.Generator().manual_seed(0)
+    clean = torch.nn.functional.interpolate(torch.rand(1, 3, height // 16, width // 16, generator=g), size=(height, width), mode="bilinear")
+    noisy = add_noise(clean, "gaussian", seed=0, clip=True, quantize=True, sigma=25.0)
+    del clean
+    bar = tqdm(desc=f"{width}x{height} tiled", unit="tile", dynamic_ncols=True, leave=False)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    t = time.perf_counter()
+    out = denoise(model, noisy, 25.0, tile=tile, progress=progress)
+    seconds = time.perf_counter() - t
+    bar.close()
+    assert out.shape == noisy.shape
+    return {"width": width, "height": height, "tile": tile, "seconds": seconds, "sec_per_mp": seconds / (width * height / 1e6),
+            "rss_before_mb": base, "peak_rss_mb": peak_mb(), "peak_added_mb": peak_mb() - base if base else None}
+
+
+# --- reports -----------------------------------------------------------------------------------
+
+
+def markdown(records: list[dict]) -> str:
+    """One table per (set, protocol): a row per method, PSNR/SSIM per sigma, speed and memory."""
+    lines = []
+    keys = sorted({(r["set"], r["protocol"]) for r in records}, key=lambda k: (k[0], PROTOCOLS.index(k[1])))
+    for set_name, protocol in keys:
+        rows = [r for r in records if r["set"] == set_name and r["protocol"] == protocol]
+        sigmas = sorted({r["sigma"] for r in rows})
+        methods = list(dict.fromkeys(r["method"] for r in rows))
+        n = rows[0]["images"]
+        lines += [f"**{set_name}** ({n} images, {protocol} protocol): PSNR dB / SSIM", ""]
+        lines.append("| method | " + " | ".join(f"sigma {s:g}" for s in sigmas) + " | s/MP | peak MB |")
+        lines.append("|---|" + "---|" * len(sigmas) + "---|---|")
+        for m in methods:
+            cells = {r["sigma"]: r for r in rows if r["method"] == m}
+            speed = np.mean([c["sec_per_mp"] for c in cells.values()])
+            peaks = [c["peak_mb"] for c in cells.values() if c["peak_mb"] is not None]
+            peak = f"{max(peaks):.0f}" if peaks else "n/a"
+            vals = " | ".join(f"{cells[s]['psnr']:.2f} / {cells[s]['ssim']:.4f}" if s in cells else "" for s in sigmas)
+            lines.append(f"| {m} | {vals} | {speed:.3g} | {peak} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(records: list[dict], path: Path, sigma: float) -> None:
+    """PSNR against seconds per megapixel (log x), one point per method: mean over the sets at
+    `sigma`, standard protocol when it was run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    protocol = "standard" if any(r["protocol"] == "standard" for r in records) else "realistic"
+    rows = [r for r in records if r["protocol"] == protocol and r["sigma"] == sigma]
+    if not rows:
+        raise SystemExit(f"--plot: no results at sigma {sigma:g}")
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for m in dict.fromkeys(r["method"] for r in rows):
+        mine = [r for r in rows if r["method"] == m]
+        x, y = np.mean([r["sec_per_mp"] for r in mine]), np.mean([r["psnr"] for r in mine])
+        ax.scatter([x], [y], s=40)
+        ax.annotate(m, (x, y), textcoords="offset points", xytext=(6, 4))
+    ax.set_xscale("log")
+    ax.set_xlabel("seconds per megapixel (log scale, this machine)")
+    ax.set_ylabel("PSNR (dB)")
+    sets = ", ".join(sorted({r["set"] for r in rows}))
+    ax.set_title(f"sigma {sigma:g}, {protocol} protocol, mean over {sets}", fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def real_grid(folder: str, out: Path, weights: str | None, methods: list[str], crop: int, limit: int | None, tile: int) -> list[dict]:
+    """Rows of noisy | each method, on centre crops of real noisy photos, at the noise level
+    estimated on the whole photo. Returns the estimated sigmas."""
+    from PIL import Image, ImageDraw
+
+    fns = {}
+    for m in methods:
+        try:
+            fns[m] = make_method(m, weights, tile)
+        except (SystemExit, ValueError) as err:
+            log.warning("grid: leaving out %s (%s)", m, err)
+    rows, info = [], []
+    for path in tqdm(list_set(folder, limit), desc="real grid", dynamic_ncols=True):
+        image = load_rgb(path)
+        sigma = estimate_sigma(image)
+        h, w = image.shape[-2:]
+        side = min(crop, h, w)
+        y, x = (h - side) // 2, (w - side) // 2
+        noisy = image[..., y : y + side, x : x + side].contiguous()
+        tiles = [noisy] + [fn(noisy, sigma) for fn in fns.values()]
+        rows.append(torch.cat([torch.nn.functional.interpolate(t, size=(crop, crop), mode="bilinear") if side != crop else t for t in tiles], dim=-1))
+        info.append({"image": path.name, "sigma": round(sigma, 2)})
+    grid = to_pil(torch.cat(rows, dim=-2))
+    header = Image.new("RGB", (grid.width, 18), "white")
+    draw = ImageDraw.Draw(header)
+    for j, name in enumerate(["noisy", *fns]):
+        draw.text((j * crop + 4, 3), name, fill="black")
+    canvas = Image.new("RGB", (grid.width, grid.height + 18), "white")
+    canvas.paste(header, (0, 0))
+    canvas.paste(grid, (0, 18))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(out)
+    return info
+
+
+def tune_nlm(folder: str, sigmas: list[float], limit: int, crop: int = 192) -> dict[float, tuple[float, float]]:
+    """Best h (with hColor = h) per sigma on centre crops of training images, by mean PSNR; returns
+    {sigma: (h, mean PSNR)}. Noise: the standard protocol, clipped and rounded as NLM needs."""
+    crops = []
+    for path in list_set(folder, limit):
+        img = load_rgb(path)
+        h, w = img.shape[-2:]
+        side = min(crop, h, w)
+        y, x = (h - side) // 2, (w - side) // 2
+        crops.append(img[..., y : y + side, x : x + side].contiguous())
+    best = {}
+    for sigma in sigmas:
+        noisy = [make_noisy(c, sigma, "standard", seed=i) for i, c in enumerate(crops)]
+        scores = {}
+        for ratio in tqdm(NLM_GRID, desc=f"NLM sigma {sigma:g}", dynamic_ncols=True, leave=False):
+            h = round(ratio * sigma, 1)
+            scores[h] = float(np.mean([psnr(nlm_denoise(n, sigma, h, h), c) for n, c in zip(noisy, crops)]))
+        h, score = max(scores.items(), key=lambda kv: kv[1])
+        if h in (round(NLM_GRID[0] * sigma, 1), round(NLM_GRID[-1] * sigma, 1)):
+            log.warning("sigma %g: the best h lies on the edge of the grid; widen NLM_GRID", sigma)
+        best[sigma] = (h, score)
+        print(f"sigma {sigma:g}: h = hColor = {h:g} ({', '.join(f'{k:g}: {v:.2f}' for k, v in scores.items())} dB)", flush=True)
+    return best
+
+
+# --- command line ------------------------------------------------------------------------------
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m train.benchmark", description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", nargs="+", default=[], help="test folders (each one a set)")
+    p.add_argument("--sigmas", type=_floats, default=[15.0, 25.0, 50.0], help="comma-separated, 0-255 scale")
+    p.add_argument("--methods", default="ours,ours-gan,cbm3d,nlm", help="ours, ours-gan, ours@REALISM, cbm3d, nlm")
+    p.add_argument("--realism-sweep", type=_floats, default=[], help="add ours@A for each A (e.g. 0,0.25,0.5,0.75,1)")
+    p.add_argument("--protocol", choices=["standard", "realistic", "both"], default="standard")
+    p.add_argument("--limit", type=int, default=None, help="first N images of each set")
+    p.add_argument("--weights", default=None, help="weights folder or Hub repo id (default: GANLIB_WEIGHTS, else checkpoints/)")
+    p.add_argument("--tile", type=int, default=512, help="our tile side (as the CLI)")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch and OpenCV (0 = their defaults)")
+    p.add_argument("--output", type=Path, help="results JSON")
+    p.add_argument("--plot", type=Path, help="PNG: PSNR against seconds per megapixel")
+    p.add_argument("--plot-sigma", type=float, default=None, help="sigma of the plot (default 25, else the middle one)")
+    p.add_argument("--grid-real", help="folder of real noisy photos for a visual grid")
+    p.add_argument("--grid-out", type=Path, default=Path("grid.png"))
+    p.add_argument("--grid-crop", type=int, default=192, help="centre crop side of each grid cell")
+    p.add_argument("--grid-methods", default="ours,ours-gan,cbm3d")
+    p.add_argument("--memory-check", action="store_true", help="peak memory of a 6000x4000 photo through our tiled inference")
+    p.add_argument("--same-process", action="store_true", help="no worker processes (quick checks; peak memory then mixes methods)")
+    p.add_argument("--tune-nlm", metavar="TRAIN_DIR", help="choose NLM strengths per sigma on training images and exit")
+    args = p.parse_args(argv)
+    args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    for a in args.realism_sweep:
+        if not 0 <= a <= 1:
+            p.error(f"--realism-sweep values must lie in [0, 1], got {a:g}")
+        name = "ours" if a == 0 else "ours-gan" if a == 1 else f"ours@{a:g}"
+        if name not in args.methods:
+            args.methods.append(name)
+    for m in args.methods:
+        if m not in PEERS and realism_of(m) is None:
+            p.error(f"unknown method {m!r}: use ours, ours-gan, ours@REALISM, cbm3d or nlm")
+    if not (args.data or args.grid_real or args.memory_check or args.tune_nlm):
+        p.error("nothing to do: give --data, --grid-real, --memory-check or --tune-nlm")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    if args.tune_nlm:
+        tune_nlm(args.tune_nlm, args.sigmas, args.limit or 4)
+        return 0
+    meta = {
+        "command": "python -m train.benchmark " + " ".join(sys.argv[1:] if argv is None else argv),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, threads {args.threads or torch.get_num_threads()}",
+        "weights": args.weights or os.environ.get("GANLIB_WEIGHTS") or "checkpoints/ (bundled)",
+        "noise_seed": "image index in sorted file order (0, 1, ...)",
+        "protocols": {"standard": "AWGN in float, no clipping", "realistic": "AWGN, clipped and rounded to 8 bits"},
+        "nlm_h": {f"{s:g}": nlm_strength(s) for s in args.sigmas},
+        "nlm_note": "OpenCV NLM takes 8-bit input only: its input is always clipped and rounded",
+        "tile": args.tile,
+    }
+    result: dict = {"meta": meta, "results": []}
+    runner = (lambda fn, *a: fn(*a)) if args.same_process else in_worker
+    if args.data:
+        protocols = list(PROTOCOLS) if args.protocol == "both" else [args.protocol]
+        if "cbm3d" in args.methods and importlib.util.find_spec("bm3d") is None:
+            log.warning("leaving out cbm3d: the optional `bm3d` package is not installed (pip install -r requirements-dev.txt)")
+            args.methods.remove("cbm3d")
+        for method in args.methods:
+            try:
+                records = runner(run_method, method, args.data, args.sigmas, protocols, args.limit, args.weights, args.tile, args.threads)
+            except ValueError as err:  # e.g. ours-gan with fidelity-only weights
+                log.warning("leaving out %s: %s", method, err)
+                continue
+            result["results"] += records
+        table = markdown(result["results"])
+        print(table)
+        result["markdown"] = table
+        if args.plot and result["results"]:
+            sigma = args.plot_sigma if args.plot_sigma is not None else (25.0 if 25.0 in args.sigmas else args.sigmas[len(args.sigmas) // 2])
+            plot(result["results"], args.plot, sigma)
+            log.info("plot written to %s", args.plot)
+    if args.grid_real:
+        methods = [m.strip() for m in args.grid_methods.split(",") if m.strip()]
+        result["grid"] = {"file": str(args.grid_out), "crop": args.grid_crop, "columns": ["noisy", *methods],
+                          "images": real_grid(args.grid_real, args.grid_out, args.weights, methods, args.grid_crop, args.limit, args.tile)}
+        log.info("grid written to %s", args.grid_out)
+    if args.memory_check:
+        mem = runner(memory_check, args.weights, args.tile, args.threads)
+        result["memory_check"] = mem
+        print(f"24-megapixel check: {mem['width']}x{mem['height']} in {mem['seconds']:.1f} s "
+              f"({mem['sec_per_mp']:.3g} s/MP), peak RSS {mem['peak_rss_mb']:.0f} MB "
+              f"(process before the image: {mem['rss_before_mb']:.0f} MB)")
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps(result, indent=2))
+        log.info("results written to %s", args.output)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
