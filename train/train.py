@@ -372,6 +372,7 @@ def _run(cfg: TrainConfig, resume: bool) -> Path:
         num_workers=cfg.workers,
         pin_memory=device.type == "cuda",
         persistent_workers=cfg.workers > 0,
+        worker_init_fn=_ignore_interrupts,
     )
     log_path = out / "log.csv"
     if main:
@@ -409,6 +410,8 @@ def _run(cfg: TrainConfig, resume: bool) -> Path:
             log.info("step %d validation: %s", step, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
         if step % cfg.ckpt_every == 0:
             save_checkpoint()
+        if step >= cfg.max_steps or stop["flag"]:
+            break  # before fetching one more batch
     bar.close()
     save_checkpoint()
     final = out / "final"
@@ -428,6 +431,14 @@ def _run(cfg: TrainConfig, resume: bool) -> Path:
     if world > 1:
         torch.distributed.destroy_process_group()
     return final
+
+
+def _ignore_interrupts(_worker_id: int) -> None:
+    """Loader workers leave Ctrl-C (sent to the whole process group) to the main process, which
+    finishes its step, saves a checkpoint and stops."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
 
 class _Strided(torch.utils.data.Sampler):
     """Indices start, start+1, ... in batches of `per_rank`, skipping the other ranks' batches."""
