@@ -34,7 +34,11 @@ def estimate_sigma(image: torch.Tensor) -> float:
     channel_axis = -1 if arr.shape[2] > 1 else None
     if channel_axis is None:
         arr = arr[..., 0]
-    return float(np.clip(_estimate(arr, channel_axis=channel_axis, average_sigmas=True), 0, None)) * 255.0
+    if min(arr.shape[:2]) < 2:
+        return 0.0  # nothing to estimate from (a 1-pixel line)
+    with np.errstate(all="ignore"):
+        sigma = float(_estimate(arr, channel_axis=channel_axis, average_sigmas=True))
+    return max(sigma, 0.0) * 255.0 if np.isfinite(sigma) else 0.0  # flat images give NaN: no noise
 
 
 def _starts(size: int, tile: int, stride: int) -> list[int]:

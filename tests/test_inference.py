@@ -128,3 +128,10 @@ def test_denoise_image_realism_needs_gan_weights():
     image = ImageData(pixels=noisy_image(16, 16))
     with pytest.raises(ValueError, match="GAN"):
         denoise_image(Weights(fidelity=tiny(), gan=None, source="fid-only"), image, sigma=10.0, realism=0.5)
+
+
+def test_estimate_sigma_flat_and_degenerate_images_give_zero_not_nan():
+    from ganlib.inference import estimate_sigma
+
+    assert estimate_sigma(torch.full((1, 3, 32, 32), 0.5)) < 1e-6
+    assert estimate_sigma(torch.rand(1, 3, 1, 40, generator=torch.Generator().manual_seed(0))) == 0.0
