@@ -7,7 +7,7 @@ Importing ganlib has no side effects and never touches the network.
 from .hub import BUNDLED, Weights, WeightsError, load_weights
 from .images import ImageData, ImageError, encode_png, load_image, save_image, to_numpy, to_pil, to_tensor
 from .inference import denoise, denoise_image, estimate_sigma
-from .metrics import psnr, ssim
+from .metrics import detail_ratio, psnr, ssim
 from .models import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig, count_macs_per_pixel
 from .noise import KINDS, add_noise, noise_std_map
 
@@ -30,6 +30,7 @@ __all__ = [
     "add_noise",
     "count_macs_per_pixel",
     "denoise",
+    "detail_ratio",
     "estimate_sigma",
     "noise_std_map",
     "psnr",

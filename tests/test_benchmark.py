@@ -83,14 +83,15 @@ def test_benchmark_table_json_and_plot(setup: dict[str, Path], tmp_path: Path, c
     assert {(r["method"], r["protocol"]) for r in records} == {(m, p) for m in ("ours", "nlm", "ours@0.5") for p in ("standard", "realistic")}
     for r in records:
         assert r["set"] == "set-a" and r["sigma"] == 25 and r["images"] == 2
-        assert math.isfinite(r["psnr"]) and 0 < r["ssim"] <= 1 and r["sec_per_mp"] > 0
+        assert math.isfinite(r["psnr"]) and 0 < r["ssim"] <= 1 and r["sec_per_mp"] > 0 and r["detail"] > 0
         assert r["peak_mb"] is None or r["peak_mb"] >= 0
     nlm = {r["protocol"]: r for r in records if r["method"] == "nlm"}
     assert nlm["standard"]["psnr"] > 25  # it really denoises (noisy input is about 20 dB)
+    assert nlm["standard"]["detail"] < 2  # the noisy input's is far higher
     assert result["meta"]["nlm_h"]["25"] == list(benchmark.nlm_strength(25.0))
     printed = capsys.readouterr().out
     assert "**set-a** (2 images, standard protocol)" in printed and "**set-a** (2 images, realistic protocol)" in printed
-    assert "| nlm | " in printed and "| ours@0.5 | " in printed
+    assert "| nlm | " in printed and "| ours@0.5 | " in printed and "detail @25" in printed
     assert result["markdown"].strip() in printed
     with Image.open(plot) as im:
         assert im.format == "PNG" and im.width > 300

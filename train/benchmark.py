@@ -3,7 +3,8 @@
     python -m train.benchmark --data ../shared/data/test-CBSD68 ../shared/data/test-Kodak24 \\
         --sigmas 15,25,50 --methods ours,ours-gan,cbm3d,nlm --output results.json --plot plot.png
 
-For every folder, protocol, noise level and method: mean PSNR and SSIM (`ganlib.metrics`), seconds
+For every folder, protocol, noise level and method: mean PSNR, SSIM and detail ratio (mean gradient
+magnitude of the result over the clean image's: 1 = as detailed, below 1 = smoothed; `ganlib.metrics`), seconds
 per megapixel of the denoising call alone, and the peak resident memory that denoising one image
 added to its process. Each method runs in a fresh worker process, so that the peak memory is that
 method's own (read from /proc/self/status VmHWM, reset before every image through
@@ -41,7 +42,7 @@ from tqdm import tqdm
 
 from ganlib.images import load_image, to_numpy, to_pil, to_tensor
 from ganlib.inference import denoise, estimate_sigma
-from ganlib.metrics import psnr, ssim
+from ganlib.metrics import detail_ratio, psnr, ssim
 from ganlib.noise import add_noise
 
 log = logging.getLogger("train.benchmark")
@@ -211,7 +212,7 @@ def run_method(method: str, sets: list[str], sigmas: list[float], protocols: lis
     records = []
     for folder in sets:
         paths = list_set(folder, limit)
-        cells = {(p, s): {"psnr": [], "ssim": [], "seconds": 0.0, "pixels": 0, "peak": 0.0} for p in protocols for s in sigmas}
+        cells = {(p, s): {"psnr": [], "ssim": [], "detail": [], "seconds": 0.0, "pixels": 0, "peak": 0.0} for p in protocols for s in sigmas}
         bar = tqdm(total=len(paths) * len(cells), desc=f"{method} on {Path(folder).name}", dynamic_ncols=True, leave=False)
         for i, path in enumerate(paths):
             clean = load_rgb(path)
@@ -228,6 +229,7 @@ def run_method(method: str, sets: list[str], sigmas: list[float], protocols: lis
                 cell["pixels"] += clean.shape[-1] * clean.shape[-2]
                 cell["psnr"].append(psnr(out, clean))
                 cell["ssim"].append(ssim(out, clean))
+                cell["detail"].append(detail_ratio(out, clean))
                 bar.update(1)
         bar.close()
         for (protocol, sigma), cell in cells.items():
@@ -239,6 +241,7 @@ def run_method(method: str, sets: list[str], sigmas: list[float], protocols: lis
                 "images": len(paths),
                 "psnr": float(np.mean(cell["psnr"])),
                 "ssim": float(np.mean(cell["ssim"])),
+                "detail": float(np.mean(cell["detail"])),
                 "sec_per_mp": cell["seconds"] / (cell["pixels"] / 1e6),
                 "peak_mb": round(cell["peak"], 1) if can_reset else None,
             })
@@ -285,7 +288,8 @@ def memory_check(weights: str | None, tile: int, threads: int, width: int = 6000
 
 
 def markdown(records: list[dict]) -> str:
-    """One table per (set, protocol): a row per method, PSNR/SSIM per sigma, speed and memory."""
+    """One table per (set, protocol): a row per method, PSNR/SSIM per sigma, the detail ratio at the
+    middle sigma, speed and memory."""
     lines = []
     keys = sorted({(r["set"], r["protocol"]) for r in records}, key=lambda k: (k[0], PROTOCOLS.index(k[1])))
     for set_name, protocol in keys:
@@ -293,16 +297,18 @@ def markdown(records: list[dict]) -> str:
         sigmas = sorted({r["sigma"] for r in rows})
         methods = list(dict.fromkeys(r["method"] for r in rows))
         n = rows[0]["images"]
+        mid = sigmas[len(sigmas) // 2]
         lines += [f"**{set_name}** ({n} images, {protocol} protocol): PSNR dB / SSIM", ""]
-        lines.append("| method | " + " | ".join(f"sigma {s:g}" for s in sigmas) + " | s/MP | peak MB |")
-        lines.append("|---|" + "---|" * len(sigmas) + "---|---|")
+        lines.append("| method | " + " | ".join(f"sigma {s:g}" for s in sigmas) + f" | detail @{mid:g} | s/MP | peak MB |")
+        lines.append("|---|" + "---|" * len(sigmas) + "---|---|---|")
         for m in methods:
             cells = {r["sigma"]: r for r in rows if r["method"] == m}
             speed = np.mean([c["sec_per_mp"] for c in cells.values()])
             peaks = [c["peak_mb"] for c in cells.values() if c["peak_mb"] is not None]
             peak = f"{max(peaks):.0f}" if peaks else "n/a"
             vals = " | ".join(f"{cells[s]['psnr']:.2f} / {cells[s]['ssim']:.4f}" if s in cells else "" for s in sigmas)
-            lines.append(f"| {m} | {vals} | {speed:.3g} | {peak} |")
+            detail = f"{cells[mid]['detail']:.3f}" if mid in cells and "detail" in cells[mid] else "n/a"
+            lines.append(f"| {m} | {vals} | {detail} | {speed:.3g} | {peak} |")
         lines.append("")
     return "\n".join(lines)
 
