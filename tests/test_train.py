@@ -347,6 +347,10 @@ def test_gan_stage_from_fidelity_weights_and_push(gan_run: Path, fidelity_run: P
     assert "parametrizations.weight.0._u" in structure and '"opt_d"' in structure  # spectral-norm vectors and D's optimiser
     card = (gan_run / "final" / "README.md").read_text()
     assert "Stage `gan`" in card and "hinge" in card
+    history = json.loads((gan_run / "final" / "training.json").read_text())
+    assert [(r["stage"], r["steps"]) for r in history] == [("fidelity", 8), ("gan", 8)]  # the fidelity run it started from, then itself
+    assert history[1]["init"] == str(fidelity_run / "final")
+    assert "  - fidelity: 8 steps of batch 4" in card and "  - gan: 8 steps of batch 4" in card
     # --push-to-hub: the repo was created (exist_ok) and exactly the exported folder was committed.
     creates = [c for c in hub.calls if c[:2] == ("POST", "/api/repos/create")]
     assert creates and creates[0][2]["organization"] == "me" and creates[0][2]["name"] == "tiny-gan"

@@ -1,5 +1,5 @@
 """Export a trained generator as a Hub-ready folder (config.json, model.safetensors, README.md model
-card, train_config.json) and publish it with huggingface_hub."""
+card, train_config.json, metrics.json, training.json) and publish it with huggingface_hub."""
 
 from __future__ import annotations
 
@@ -35,10 +35,11 @@ that removes noise from photos. Stage `{stage}`: {stage_text}
 
 ## Training
 - Data: `{data}` ({train_images} training images, {val_images} held back for validation; random
-  {crop}x{crop} crops, flips and 90-degree rotations). Never trained on the test sets.
+  crops, flips and 90-degree rotations). Never trained on the test sets.
 - Noise model: a mixture {mix}; gaussian sigma in {sigma} (0-255 scale); {clip_pct:.0f}% of samples
   clipped and rounded to 8 bits as uploaded photos are. The generator sees the per-pixel noise level.
-- {steps} steps of batch {batch}, {hours:.2f} hours on {device}.
+- Runs, oldest first ({total_hours:.2f} hours in all; each run starts from the previous one's weights):
+{runs}
 
 ## Validation (held-back training images, Gaussian noise, unclipped)
 {metrics}
@@ -56,9 +57,37 @@ input: do not use it where exact detail matters (forensics, medicine, science).
 """
 
 
-def model_card(cfg, metrics: dict[str, float], *, steps: int, train_images: int, val_images: int, seconds: float, model: Generator) -> str:
+def device_name() -> str:
     import torch
 
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"a {os.cpu_count()}-core CPU"
+
+
+def training_history(init: str) -> list[dict]:
+    """The training runs behind the --init weights, oldest first (their training.json).
+
+    A local folder without one (or a Hub repo id) gives a single entry that names it."""
+    if not init:
+        return []
+    path = Path(init) / "training.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    return [{"stage": "unrecorded", "init": str(init)}]
+
+
+def this_run(cfg, *, steps: int, seconds: float) -> dict:
+    return {"stage": cfg.stage, "data": Path(cfg.data).name, "init": cfg.init, "steps": steps, "batch": cfg.batch_size,
+            "crop": cfg.crop, "lr": cfg.lr, "hours": round(seconds / 3600, 3), "device": device_name()}
+
+
+def _run_line(run: dict) -> str:
+    if run.get("stage") == "unrecorded":
+        return f"  - weights from `{run['init']}` (their training was not recorded)"
+    return (f"  - {run['stage']}: {run['steps']} steps of batch {run['batch']}, {run['crop']}x{run['crop']} crops, "
+            f"peak lr {run['lr']:g}, {run['hours']:.2f} hours on {run['device']}")
+
+
+def model_card(cfg, metrics: dict[str, float], *, train_images: int, val_images: int, model: Generator, history: list[dict]) -> str:
     rows = "\n".join(f"| {k} | {v:.4f} |" for k, v in metrics.items())
     stage_text = (
         "trained with the L1 pixel loss for the highest PSNR."
@@ -74,22 +103,24 @@ def model_card(cfg, metrics: dict[str, float], *, steps: int, train_images: int,
         data=Path(cfg.data).name,
         train_images=train_images,
         val_images=val_images,
-        crop=cfg.crop,
         mix=json.dumps(cfg.noise.mix),
         sigma=list(cfg.noise.sigma),
         clip_pct=100 * cfg.noise.clip_prob,
-        steps=steps,
-        batch=cfg.batch_size,
-        hours=seconds / 3600,
-        device=torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"a {os.cpu_count()}-core CPU",
+        total_hours=sum(r.get("hours", 0.0) for r in history),
+        runs="\n".join(_run_line(r) for r in history),
         metrics="| metric | value |\n|---|---|\n" + rows,
     )
 
 
-def export(model: Generator, folder: str | Path, cfg, metrics: dict[str, float], **facts) -> Path:
+def export(model: Generator, folder: str | Path, cfg, metrics: dict[str, float], *, steps: int, seconds: float,
+           train_images: int, val_images: int) -> Path:
+    """Write the Hub-ready folder: weights + config, model card, resolved training config, validation
+    metrics and training.json (every run from scratch to these weights, for the card's history)."""
     folder = Path(folder)
+    history = [*training_history(cfg.init), this_run(cfg, steps=steps, seconds=seconds)]
     model.save_pretrained(folder)
-    (folder / "README.md").write_text(model_card(cfg, metrics, model=model, **facts))
+    (folder / "README.md").write_text(model_card(cfg, metrics, model=model, train_images=train_images, val_images=val_images, history=history))
+    (folder / "training.json").write_text(json.dumps(history, indent=2))
     (folder / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
     (folder / "metrics.json").write_text(json.dumps(metrics, indent=2))
     log.info("exported generator to %s", folder)
