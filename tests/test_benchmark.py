@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -112,6 +116,42 @@ def test_method_runs_in_a_fresh_process(setup: dict[str, Path]) -> None:
     records = benchmark.in_worker(benchmark.run_method, "nlm", [str(setup["data"])], [15.0], ["realistic"], 1, None, 512, 1)
     assert len(records) == 1 and records[0]["images"] == 1 and records[0]["psnr"] > 25
     assert records[0]["peak_mb"] is not None  # /proc/self/clear_refs works on Linux
+
+
+def _report_pid_and_wait(path: str) -> None:
+    Path(path).write_text(str(os.getpid()))
+    time.sleep(60)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux-only")
+def test_worker_does_not_outlive_a_killed_benchmark(tmp_path: Path) -> None:
+    report = tmp_path / "worker.pid"
+    code = ("import sys; from train import benchmark; from tests.test_benchmark import _report_pid_and_wait; "
+            "benchmark.in_worker(_report_pid_and_wait, sys.argv[1])")
+    parent = subprocess.Popen([sys.executable, "-c", code, str(report)], cwd=Path(__file__).parent.parent)
+    try:
+        deadline = time.time() + 60
+        while not report.exists() or not report.read_text():
+            assert time.time() < deadline and parent.poll() is None, "the worker never started"
+            time.sleep(0.2)
+        worker = int(report.read_text())
+        assert _alive(worker)
+        parent.kill()  # SIGKILL: no chance to clean up
+        parent.wait()
+        deadline = time.time() + 10
+        while _alive(worker) and time.time() < deadline:
+            time.sleep(0.1)
+        assert not _alive(worker), "the worker outlived its benchmark process"
+    finally:
+        parent.kill()
 
 
 def test_cbm3d_on_one_tiny_crop() -> None:
