@@ -161,3 +161,29 @@ def test_cbm3d_on_one_tiny_crop() -> None:
     noisy = benchmark.make_noisy(clean, 25, "standard", seed=0)
     out = benchmark.cbm3d_denoise(noisy, 25.0)
     assert out.shape == clean.shape and psnr(out, clean) > psnr(noisy, clean) + 5
+
+
+def test_cards_get_one_fresh_benchmark_section(tmp_path: Path) -> None:
+    def rec(method: str, sigma: float, value: float, protocol: str = "standard") -> dict:
+        return {"set": "set-a", "protocol": protocol, "sigma": sigma, "method": method, "images": 2, "psnr": value,
+                "ssim": 0.9, "detail": 0.8, "sec_per_mp": 1.0, "peak_mb": 1.0}
+
+    results = tmp_path / "r.json"
+    results.write_text(json.dumps({
+        "meta": {"command": "python -m train.benchmark --data set-a", "machine": "test machine"},
+        "results": [rec("ours", 25, 31.5), rec("ours-gan", 25, 31.0), rec("cbm3d", 25, 30.5), rec("ours", 25, 99.0, "realistic")],
+    }))
+    for stage in ("fidelity", "gan"):
+        (tmp_path / "w" / stage).mkdir(parents=True)
+        (tmp_path / "w" / stage / "README.md").write_text("---\nlicense: mit\n---\n# card\n\n## Benchmark (old)\nstale numbers\n")
+    for _ in range(2):  # idempotent: the section is replaced, not appended
+        assert benchmark.main(["--cards", str(tmp_path / "w"), "--from", str(results)]) == 0
+    fid = (tmp_path / "w" / "fidelity" / "README.md").read_text()
+    gan = (tmp_path / "w" / "gan" / "README.md").read_text()
+    assert fid.startswith("---\nlicense: mit\n---\n# card\n") and "stale" not in fid and fid.count("## Benchmark") == 1
+    assert "| set-a (2) | **this model** | 31.50 / 0.9000 | 1 |" in fid and "| set-a (2) | cbm3d | 30.50" in fid
+    assert "| set-a (2) | **this model** | 31.00 / 0.9000 | 1 |" in gan
+    assert "99.00" not in fid  # realistic-protocol rows stay out of the card
+    assert "`python -m train.benchmark --data set-a`" in fid
+    with pytest.raises(SystemExit):
+        benchmark.parse_args(["--cards", str(tmp_path / "w")])  # --from missing

@@ -15,7 +15,8 @@ Protocols (noise seed = image index, 0, 1, 2, ... in sorted file order):
 - realistic: the same noise, then clipped and rounded to 8 bits (an uploaded noisy photo)
 OpenCV NLM only takes 8-bit input: it always gets the clipped and rounded noisy image.
 
-Other modes: --grid-real DIR --grid-out PNG (a visual grid on real noisy photos at the estimated
+Other modes: --cards WEIGHTS_DIR --from RESULTS.json... (write the results into the model cards),
+--grid-real DIR --grid-out PNG (a visual grid on real noisy photos at the estimated
 noise level), --memory-check (a synthetic 6000x4000 photo through our tiled inference), --tune-nlm
 (choose NLM's filter strengths on training images; the results are the NLM_H constants below).
 CBM3D comes from the optional `bm3d` package (non-commercial license): benchmark-only.
@@ -353,6 +354,50 @@ def plot(records: list[dict], path: Path, sigma: float) -> None:
     plt.close(fig)
 
 
+CARD_SECTION = "## Benchmark"
+
+
+def card_section(method: str, results: list[dict]) -> str:
+    """The model card's benchmark section: for each results file, the standard-protocol rows of
+    `method` beside the peers measured in the same run, and the command that measured them."""
+    out = [f"{CARD_SECTION} (`python -m train.benchmark`, standard protocol: AWGN in floating point, "
+           "seed = image index, no clipping)", ""]
+    for result in results:
+        rows = [r for r in result["results"] if r["protocol"] == "standard" and (r["method"] == method or r["method"] in PEERS)]
+        if not any(r["method"] == method for r in rows):
+            continue
+        sigmas = sorted({r["sigma"] for r in rows})
+        out += [f"`{result['meta']['command']}`", f"({result['meta']['machine']}). PSNR dB / SSIM:", ""]
+        out.append("| set | method | " + " | ".join(f"sigma {s:g}" for s in sigmas) + " | s/MP |")
+        out.append("|---|---|" + "---|" * len(sigmas) + "---|")
+        for set_name in dict.fromkeys(r["set"] for r in rows):
+            for m in dict.fromkeys(r["method"] for r in rows if r["set"] == set_name):
+                cells = {r["sigma"]: r for r in rows if r["set"] == set_name and r["method"] == m}
+                n = next(iter(cells.values()))["images"]
+                vals = " | ".join(f"{cells[s]['psnr']:.2f} / {cells[s]['ssim']:.4f}" if s in cells else "" for s in sigmas)
+                name = "**this model**" if m == method else m
+                out.append(f"| {set_name} ({n}) | {name} | {vals} | {np.mean([c['sec_per_mp'] for c in cells.values()]):.3g} |")
+        out.append("")
+    return "\n".join(out)
+
+
+def write_cards(weights_dir: Path, files: list[Path]) -> list[Path]:
+    """Replace (or add) the benchmark section at the end of each stage's model card."""
+    results = [json.loads(f.read_text()) for f in files]
+    written = []
+    for stage, method in (("fidelity", "ours"), ("gan", "ours-gan")):
+        card = weights_dir / stage / "README.md"
+        if not card.is_file():
+            continue
+        text = card.read_text()
+        head = text.split("\n" + CARD_SECTION, 1)[0].rstrip("\n")
+        card.write_text(head + "\n\n" + card_section(method, results))
+        written.append(card)
+    if not written:
+        raise SystemExit(f"--cards: no fidelity/README.md or gan/README.md under {weights_dir}")
+    return written
+
+
 def real_grid(folder: str, out: Path, weights: str | None, methods: list[str], crop: int, limit: int | None, tile: int) -> list[dict]:
     """Rows of noisy | each method, on centre crops of real noisy photos, at the noise level
     estimated on the whole photo. Returns the estimated sigmas."""
@@ -444,6 +489,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--memory-check", action="store_true", help="peak memory of a 6000x4000 photo through our tiled inference")
     p.add_argument("--same-process", action="store_true", help="no worker processes (quick checks; peak memory then mixes methods)")
     p.add_argument("--tune-nlm", metavar="TRAIN_DIR", help="choose NLM strengths per sigma on training images and exit")
+    p.add_argument("--cards", type=Path, metavar="WEIGHTS_DIR",
+                   help="write the results of --from JSON files into WEIGHTS_DIR/{fidelity,gan}/README.md and exit")
+    p.add_argument("--from", dest="from_json", type=Path, nargs="+", default=[], metavar="JSON", help="results files for --cards")
     args = p.parse_args(argv)
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     for a in args.realism_sweep:
@@ -455,8 +503,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for m in args.methods:
         if m not in PEERS and realism_of(m) is None:
             p.error(f"unknown method {m!r}: use ours, ours-gan, ours@REALISM, cbm3d or nlm")
-    if not (args.data or args.grid_real or args.memory_check or args.tune_nlm):
-        p.error("nothing to do: give --data, --grid-real, --memory-check or --tune-nlm")
+    if args.cards and not args.from_json:
+        p.error("--cards needs --from RESULTS.json ...")
+    if not (args.data or args.grid_real or args.memory_check or args.tune_nlm or args.cards):
+        p.error("nothing to do: give --data, --grid-real, --memory-check, --tune-nlm or --cards")
     return args
 
 
@@ -465,6 +515,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.tune_nlm:
         tune_nlm(args.tune_nlm, args.sigmas, args.limit or 4)
+        return 0
+    if args.cards:
+        for card in write_cards(args.cards, args.from_json):
+            log.info("benchmark section written to %s", card)
         return 0
     meta = {
         "command": "python -m train.benchmark " + " ".join(sys.argv[1:] if argv is None else argv),
