@@ -298,6 +298,16 @@ def memory_check(weights: str | None, tile: int, threads: int, width: int = 6000
 # --- reports -----------------------------------------------------------------------------------
 
 
+def _quality_cells(cells: dict[float, dict], sigmas: list[float]) -> str:
+    """Table cells "PSNR / SSIM" of one method's records (keyed by sigma), empty where not measured."""
+    return " | ".join(f"{cells[s]['psnr']:.2f} / {cells[s]['ssim']:.4f}" if s in cells else "" for s in sigmas)
+
+
+def _speed(cells: dict[float, dict]) -> float:
+    """Mean seconds per megapixel over one method's records."""
+    return float(np.mean([c["sec_per_mp"] for c in cells.values()]))
+
+
 def markdown(records: list[dict]) -> str:
     """One table per (set, protocol): a row per method, PSNR/SSIM per sigma, the detail ratio at the
     middle sigma, speed and memory."""
@@ -314,12 +324,10 @@ def markdown(records: list[dict]) -> str:
         lines.append("|---|" + "---|" * len(sigmas) + "---|---|---|")
         for m in methods:
             cells = {r["sigma"]: r for r in rows if r["method"] == m}
-            speed = np.mean([c["sec_per_mp"] for c in cells.values()])
             peaks = [c["peak_mb"] for c in cells.values() if c["peak_mb"] is not None]
             peak = f"{max(peaks):.0f}" if peaks else "n/a"
-            vals = " | ".join(f"{cells[s]['psnr']:.2f} / {cells[s]['ssim']:.4f}" if s in cells else "" for s in sigmas)
             detail = f"{cells[mid]['detail']:.3f}" if mid in cells and "detail" in cells[mid] else "n/a"
-            lines.append(f"| {m} | {vals} | {detail} | {speed:.3g} | {peak} |")
+            lines.append(f"| {m} | {_quality_cells(cells, sigmas)} | {detail} | {_speed(cells):.3g} | {peak} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -374,9 +382,8 @@ def card_section(method: str, results: list[dict]) -> str:
             for m in dict.fromkeys(r["method"] for r in rows if r["set"] == set_name):
                 cells = {r["sigma"]: r for r in rows if r["set"] == set_name and r["method"] == m}
                 n = next(iter(cells.values()))["images"]
-                vals = " | ".join(f"{cells[s]['psnr']:.2f} / {cells[s]['ssim']:.4f}" if s in cells else "" for s in sigmas)
                 name = "**this model**" if m == method else m
-                out.append(f"| {set_name} ({n}) | {name} | {vals} | {np.mean([c['sec_per_mp'] for c in cells.values()]):.3g} |")
+                out.append(f"| {set_name} ({n}) | {name} | {_quality_cells(cells, sigmas)} | {_speed(cells):.3g} |")
         out.append("")
     return "\n".join(out)
 
