@@ -31,7 +31,7 @@ import torch
 
 from ganlib.hub import Weights, load_weights
 from ganlib.images import ImageData, ImageError, load_image, save_image
-from ganlib.inference import denoise_image, estimate_sigma
+from ganlib.inference import denoise_image, estimate_sigma, resolve_precision
 from ganlib.metrics import psnr, ssim
 from ganlib.noise import DEFAULTS, KINDS, add_noise
 
@@ -49,6 +49,8 @@ QUEUE_SIZE = int(os.environ.get("GANLIB_QUEUE_SIZE", 16))
 CONCURRENCY = int(os.environ.get("GANLIB_CONCURRENCY", 1))
 TILE = int(os.environ.get("GANLIB_TILE", 512))
 OVERLAP = 64
+PRECISION = os.environ.get("GANLIB_PRECISION", "auto")  # auto: bfloat16 where the hardware runs it natively
+resolve_precision(PRECISION)  # a bad GANLIB_PRECISION stops the app at start, with the accepted values
 OUTPUT_ROOT = Path(tempfile.gettempdir()) / "ganlib-demo-outputs"
 OUTPUT_MAX_AGE_S = 3600
 
@@ -180,7 +182,7 @@ def _run_network(weights: Weights, noisy: ImageData, sigma: float, realism: floa
         weights.fidelity.to("cuda")
         if weights.gan is not None:
             weights.gan.to("cuda")
-    return denoise_image(weights, noisy, sigma=sigma, realism=realism, tile=TILE, overlap=OVERLAP, progress=progress)
+    return denoise_image(weights, noisy, sigma=sigma, realism=realism, tile=TILE, overlap=OVERLAP, progress=progress, precision=PRECISION)
 
 
 def run(

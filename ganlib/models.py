@@ -9,6 +9,7 @@ generator are standard deviations on the same [0, 1] scale (sigma_255 / 255), as
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -119,7 +120,10 @@ class Generator(
         x, h, w = _pad_to_multiple(noisy, self.multiple)
         smap, _, _ = _pad_to_multiple(smap, self.multiple)
         r = self.config.unshuffle
-        feat = self.head(torch.cat([F.pixel_unshuffle(x, r), F.avg_pool2d(smap, r)], dim=1))
+        # The first and last convolutions stay float32 under autocast: bfloat16's 8-bit mantissa would
+        # round the noisy pixels and the predicted residual (measured: -0.025 dB vs -0.01 dB when kept).
+        with torch.autocast(x.device.type, enabled=False):
+            feat = self.head(torch.cat([F.pixel_unshuffle(x, r), F.avg_pool2d(smap, r)], dim=1).float())
         skips = []
         for enc, down in zip(self.encoders, self.downs):
             feat = enc(F.relu(feat))
@@ -128,8 +132,17 @@ class Generator(
         feat = self.middle(F.relu(feat))
         for up, dec, skip in zip(reversed(self.ups), reversed(self.decoders), reversed(skips)):
             feat = dec(up(feat) + skip)
-        residual = F.pixel_shuffle(self.tail(F.relu(feat)), r)
+        with torch.autocast(x.device.type, enabled=False):
+            residual = F.pixel_shuffle(self.tail(F.relu(feat).float()), r)
         return (x + residual)[..., :h, :w]
+
+    def _save_pretrained(self, save_directory: Path) -> None:
+        """model.safetensors from contiguous copies, so a model prepared for inference (channels_last
+        weights, see `ganlib.hub`) saves like any other."""
+        from safetensors.torch import save_file
+
+        state = {k: v.contiguous() for k, v in self.state_dict().items()}
+        save_file(state, str(Path(save_directory) / "model.safetensors"), metadata={"format": "pt"})
 
 
 def _sn_conv(cin: int, cout: int, stride: int) -> nn.Module:

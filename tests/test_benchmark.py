@@ -89,6 +89,8 @@ def test_benchmark_table_json_and_plot(setup: dict[str, Path], tmp_path: Path, c
         assert r["set"] == "set-a" and r["sigma"] == 25 and r["images"] == 2
         assert math.isfinite(r["psnr"]) and 0 < r["ssim"] <= 1 and r["sec_per_mp"] > 0 and r["detail"] > 0
         assert r["peak_mb"] is None or r["peak_mb"] >= 0
+        assert r["precision"] == (None if r["method"] == "nlm" else result["meta"]["precision"])
+    assert result["meta"]["precision"] in ("float32", "bfloat16")
     nlm = {r["protocol"]: r for r in records if r["method"] == "nlm"}
     assert nlm["standard"]["psnr"] > 25  # it really denoises (noisy input is about 20 dB)
     assert nlm["standard"]["detail"] < 2  # the noisy input's is far higher

@@ -76,7 +76,7 @@ def test_denoise_files_and_folder_from_a_cached_hub_repo(work):
     assert (work / "a.png").read_bytes() == before  # inputs untouched
     # the result is what the library gives for these weights and sigma
     weights = load_weights(work / "w")
-    expected = denoise_image(weights, load_image(work / "a.png"), sigma=25.0)
+    expected = denoise_image(weights, load_image(work / "a.png"), sigma=25.0, precision="auto")
     assert np.array_equal(np.asarray(Image.open(work / "out" / "a.png")), to_numpy(expected.pixels))
 
 
@@ -108,10 +108,21 @@ def test_sigma_auto_versus_fixed(work):
     assert main(["denoise", "a.png", "-o", "fixed", "--weights", "w", "--sigma", "25"]) == 0
     assert main(["denoise", "a.png", "-o", "auto2", "--weights", "w", "--sigma", "AUTO"]) == 0
     auto, fixed = (np.asarray(Image.open(work / d / "a.png")) for d in ("auto", "fixed"))
-    assert np.array_equal(auto, to_numpy(denoise_image(weights, image, sigma=None).pixels))
-    assert np.array_equal(fixed, to_numpy(denoise_image(weights, image, sigma=25.0).pixels))
+    assert np.array_equal(auto, to_numpy(denoise_image(weights, image, sigma=None, precision="auto").pixels))
+    assert np.array_equal(fixed, to_numpy(denoise_image(weights, image, sigma=25.0, precision="auto").pixels))
     assert not np.array_equal(auto, fixed)
     assert np.array_equal(auto, np.asarray(Image.open(work / "auto2" / "a.png")))
+
+
+def test_precision_flag(work):
+    weights = load_weights(work / "w")
+    image = load_image(work / "a.png")
+    for precision in ("float32", "bfloat16"):
+        assert main(["denoise", "a.png", "-o", precision, "--weights", "w", "--sigma", "25", "--precision", precision]) == 0
+        expected = to_numpy(denoise_image(weights, image, sigma=25.0, precision=precision).pixels)
+        assert np.array_equal(np.asarray(Image.open(work / precision / "a.png")), expected)
+    full, half = (np.asarray(Image.open(work / d / "a.png")).astype(int) for d in ("float32", "bfloat16"))
+    assert np.abs(full - half).max() <= 3  # 8-bit outputs: bfloat16 moves a few pixels by a level or so
 
 
 def test_realism_and_weights_errors_are_one_line(work, capsys):
@@ -158,6 +169,7 @@ def test_noise_is_seeded_and_checks_options(work, capsys):
         (["denoise", "a.png", "-o", "o", "--sigma", "loud"], "--sigma"),
         (["denoise", "a.png", "-o", "o", "--realism", "2"], "--realism"),
         (["denoise", "a.png", "-o", "o", "--tile", "-1"], "--tile"),
+        (["denoise", "a.png", "-o", "o", "--precision", "fp16"], "--precision"),
         (["noise", "a.png", "-o", "n.png", "--kind", "purple"], "--kind"),
         (["noise", "a.png", "-o", "n.png", "--kind", "gaussian", "--amount", "0.1"], "--amount"),
         (["noise", "a.png", "-o", "n.jpg", "--kind", "gaussian"], ".png"),

@@ -307,3 +307,17 @@ def test_unknown_repo_or_revision_is_an_error_not_a_fallback(pair, hf, monkeypat
 def test_weights_dataclass_direct():
     w = Weights(fidelity=tiny(1), gan=tiny(2), source="mem")
     assert w.generator() is w.fidelity and w.generator(1) is w.gan
+
+
+def test_loaded_models_are_channels_last_and_still_save(pair, tmp_path):
+    folder, fid, _ = pair
+    w = load_weights(folder)
+    for model in (w.fidelity, w.gan, w.generator(0.5)):
+        assert model.head.weight.is_contiguous(memory_format=torch.channels_last)
+        assert not model.head.weight.is_contiguous()  # really re-laid out (a 3x3 conv over 13 channels)
+    x = torch.rand(1, 3, 20, 28)
+    with torch.no_grad():
+        assert torch.allclose(w.fidelity(x, 0.1), fid(x, 0.1), atol=1e-5)
+    w.generator(0.5).save_pretrained(tmp_path / "again")  # safetensors needs contiguous tensors
+    again = load_weights(tmp_path / "again")
+    assert same_weights(again.fidelity, w.generator(0.5))

@@ -135,3 +135,37 @@ def test_estimate_sigma_flat_and_degenerate_images_give_zero_not_nan():
 
     assert estimate_sigma(torch.full((1, 3, 32, 32), 0.5)) < 1e-6
     assert estimate_sigma(torch.rand(1, 3, 1, 40, generator=torch.Generator().manual_seed(0))) == 0.0
+
+
+def test_bfloat16_is_close_to_float32_and_keeps_first_and_last_layers_in_float32():
+    model, x = tiny(seed=3), noisy_image(96, 120, seed=3)
+    dtypes = {}
+
+    def record(name):
+        def hook(module, inputs, output) -> None:
+            dtypes[name] = output.dtype
+        return hook
+
+    hooks = [getattr(model, name).register_forward_hook(record(name)) for name in ("head", "tail", "middle")]
+    full = denoise(model, x, 25.0, precision="float32")
+    assert dtypes == {"head": torch.float32, "tail": torch.float32, "middle": torch.float32}
+    dtypes.clear()
+    half = denoise(model, x, 25.0, precision="bfloat16")
+    for h in hooks:
+        h.remove()
+    assert dtypes == {"head": torch.float32, "tail": torch.float32, "middle": torch.bfloat16}
+    assert half.dtype == torch.float32 and half.shape == x.shape
+    diff = (half - full).abs()
+    assert 0 < diff.max() < 0.05 and diff.mean() < 0.005  # bfloat16 really ran, and stays close
+
+
+def test_precision_auto_follows_the_hardware(monkeypatch):
+    from ganlib import inference
+
+    monkeypatch.setattr(inference, "native_bfloat16", lambda device="cpu": True)
+    assert inference.resolve_precision("auto") == "bfloat16"
+    monkeypatch.setattr(inference, "native_bfloat16", lambda device="cpu": False)
+    assert inference.resolve_precision("auto") == "float32"
+    assert inference.resolve_precision("bfloat16") == "bfloat16"  # explicit choices are kept
+    with pytest.raises(ValueError, match="precision must be one of auto, float32, bfloat16; got 'fp8'"):
+        denoise(tiny(), noisy_image(32, 32), 25.0, precision="fp8")

@@ -14,6 +14,7 @@ Protocols (noise seed = image index, 0, 1, 2, ... in sorted file order):
 - standard:  additive white Gaussian noise in floating point, no clipping (the literature's protocol)
 - realistic: the same noise, then clipped and rounded to 8 bits (an uploaded noisy photo)
 OpenCV NLM only takes 8-bit input: it always gets the clipped and rounded noisy image.
+Ours runs at --precision (default auto, as the CLI and the demo: bfloat16 where the CPU runs it natively).
 
 Other modes: --cards WEIGHTS_DIR --from RESULTS.json... (write the results into the model cards),
 --grid-real DIR --grid-out PNG (a visual grid on real noisy photos at the estimated
@@ -42,7 +43,7 @@ import torch
 from tqdm import tqdm
 
 from ganlib.images import load_image, to_numpy, to_pil, to_tensor
-from ganlib.inference import denoise, estimate_sigma
+from ganlib.inference import PRECISIONS, denoise, estimate_sigma, resolve_precision
 from ganlib.metrics import detail_ratio, psnr, ssim
 from ganlib.noise import add_noise
 
@@ -117,7 +118,7 @@ def realism_of(method: str) -> float | None:
     return None
 
 
-def make_method(method: str, weights_source: str | None, tile: int):
+def make_method(method: str, weights_source: str | None, tile: int, precision: str = "auto"):
     """A function (noisy (1,C,H,W), sigma) -> denoised, built inside the worker process."""
     realism = realism_of(method)
     if realism is not None:
@@ -125,7 +126,7 @@ def make_method(method: str, weights_source: str | None, tile: int):
 
         model = load_weights(weights_source).generator(realism)
         model.eval()
-        return lambda noisy, sigma: denoise(model, noisy, sigma, tile=tile)
+        return lambda noisy, sigma: denoise(model, noisy, sigma, tile=tile, precision=precision)
     if method == "cbm3d":
         _bm3d()
         return cbm3d_denoise
@@ -198,7 +199,7 @@ def make_noisy(clean: torch.Tensor, sigma: float, protocol: str, seed: int) -> t
 
 
 def run_method(method: str, sets: list[str], sigmas: list[float], protocols: list[str], limit: int | None,
-               weights: str | None, tile: int, threads: int) -> list[dict]:
+               weights: str | None, tile: int, threads: int, precision: str = "auto") -> list[dict]:
     """All measurements of one method; meant to run in a fresh process (see `measure`)."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if threads:
@@ -206,7 +207,7 @@ def run_method(method: str, sets: list[str], sigmas: list[float], protocols: lis
         import cv2
 
         cv2.setNumThreads(threads)
-    fn = make_method(method, weights, tile)
+    fn = make_method(method, weights, tile, precision)
     warm = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     fn(warm, 25.0)  # first-call costs (allocators, kernels) are not the method's speed
     can_reset = reset_peak()
@@ -239,6 +240,7 @@ def run_method(method: str, sets: list[str], sigmas: list[float], protocols: lis
                 "protocol": protocol,
                 "sigma": sigma,
                 "method": method,
+                "precision": resolve_precision(precision) if realism_of(method) is not None else None,
                 "images": len(paths),
                 "psnr": float(np.mean(cell["psnr"])),
                 "ssim": float(np.mean(cell["ssim"])),
@@ -266,7 +268,7 @@ def in_worker(fn, *args):
         return pool.submit(fn, *args).result()
 
 
-def memory_check(weights: str | None, tile: int, threads: int, width: int = 6000, height: int = 4000) -> dict:
+def memory_check(weights: str | None, tile: int, threads: int, precision: str = "auto", width: int = 6000, height: int = 4000) -> dict:
     """Denoise a synthetic width x height photo with tiling; peak resident memory of the process."""
     if threads:
         torch.set_num_threads(threads)
@@ -287,11 +289,11 @@ def memory_check(weights: str | None, tile: int, threads: int, width: int = 6000
         bar.refresh()
 
     t = time.perf_counter()
-    out = denoise(model, noisy, 25.0, tile=tile, progress=progress)
+    out = denoise(model, noisy, 25.0, tile=tile, progress=progress, precision=precision)
     seconds = time.perf_counter() - t
     bar.close()
     assert out.shape == noisy.shape
-    return {"width": width, "height": height, "tile": tile, "seconds": seconds, "sec_per_mp": seconds / (width * height / 1e6),
+    return {"width": width, "height": height, "tile": tile, "precision": resolve_precision(precision), "seconds": seconds, "sec_per_mp": seconds / (width * height / 1e6),
             "rss_before_mb": base, "peak_rss_mb": peak_mb(), "peak_added_mb": peak_mb() - base if base else None}
 
 
@@ -405,7 +407,8 @@ def write_cards(weights_dir: Path, files: list[Path]) -> list[Path]:
     return written
 
 
-def real_grid(folder: str, out: Path, weights: str | None, methods: list[str], crop: int, limit: int | None, tile: int) -> list[dict]:
+def real_grid(folder: str, out: Path, weights: str | None, methods: list[str], crop: int, limit: int | None, tile: int,
+              precision: str = "auto") -> list[dict]:
     """Rows of noisy | each method, on centre crops of real noisy photos, at the noise level
     estimated on the whole photo. Returns the estimated sigmas."""
     from PIL import Image, ImageDraw
@@ -413,7 +416,7 @@ def real_grid(folder: str, out: Path, weights: str | None, methods: list[str], c
     fns = {}
     for m in methods:
         try:
-            fns[m] = make_method(m, weights, tile)
+            fns[m] = make_method(m, weights, tile, precision)
         except (SystemExit, ValueError) as err:
             log.warning("grid: leaving out %s (%s)", m, err)
     rows, info = [], []
@@ -485,6 +488,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--limit", type=int, default=None, help="first N images of each set")
     p.add_argument("--weights", default=None, help="weights folder or Hub repo id (default: GANLIB_WEIGHTS, else checkpoints/)")
     p.add_argument("--tile", type=int, default=512, help="our tile side (as the CLI)")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto", help="our precision (as the CLI; auto = bfloat16 where native)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch and OpenCV (0 = their defaults)")
     p.add_argument("--output", type=Path, help="results JSON")
     p.add_argument("--plot", type=Path, help="PNG: PSNR against seconds per megapixel")
@@ -536,6 +540,7 @@ def main(argv: list[str] | None = None) -> int:
         "nlm_h": {f"{s:g}": nlm_strength(s) for s in args.sigmas},
         "nlm_note": "OpenCV NLM takes 8-bit input only: its input is always clipped and rounded",
         "tile": args.tile,
+        "precision": resolve_precision(args.precision),
     }
     result: dict = {"meta": meta, "results": []}
     runner = (lambda fn, *a: fn(*a)) if args.same_process else in_worker
@@ -546,7 +551,7 @@ def main(argv: list[str] | None = None) -> int:
             args.methods.remove("cbm3d")
         for method in args.methods:
             try:
-                records = runner(run_method, method, args.data, args.sigmas, protocols, args.limit, args.weights, args.tile, args.threads)
+                records = runner(run_method, method, args.data, args.sigmas, protocols, args.limit, args.weights, args.tile, args.threads, args.precision)
             except ValueError as err:  # e.g. ours-gan with fidelity-only weights
                 log.warning("leaving out %s: %s", method, err)
                 continue
@@ -561,10 +566,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.grid_real:
         methods = [m.strip() for m in args.grid_methods.split(",") if m.strip()]
         result["grid"] = {"file": str(args.grid_out), "crop": args.grid_crop, "columns": ["noisy", *methods],
-                          "images": real_grid(args.grid_real, args.grid_out, args.weights, methods, args.grid_crop, args.limit, args.tile)}
+                          "images": real_grid(args.grid_real, args.grid_out, args.weights, methods, args.grid_crop, args.limit, args.tile, args.precision)}
         log.info("grid written to %s", args.grid_out)
     if args.memory_check:
-        mem = runner(memory_check, args.weights, args.tile, args.threads)
+        mem = runner(memory_check, args.weights, args.tile, args.threads, args.precision)
         result["memory_check"] = mem
         print(f"24-megapixel check: {mem['width']}x{mem['height']} in {mem['seconds']:.1f} s "
               f"({mem['sec_per_mp']:.3g} s/MP), peak RSS {mem['peak_rss_mb']:.0f} MB "
