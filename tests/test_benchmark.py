@@ -172,7 +172,7 @@ def test_cards_get_one_fresh_benchmark_section(tmp_path: Path) -> None:
 
     results = tmp_path / "r.json"
     results.write_text(json.dumps({
-        "meta": {"command": "python -m train.benchmark --data set-a", "machine": "test machine"},
+        "meta": {"command": "python -m train.benchmark --data set-a", "machine": "test machine", "precision": "bfloat16"},
         "results": [rec("ours", 25, 31.5), rec("ours-gan", 25, 31.0), rec("cbm3d", 25, 30.5), rec("ours", 25, 99.0, "realistic")],
     }))
     for stage in ("fidelity", "gan"):
@@ -186,6 +186,6 @@ def test_cards_get_one_fresh_benchmark_section(tmp_path: Path) -> None:
     assert "| set-a (2) | **this model** | 31.50 / 0.9000 | 1 |" in fid and "| set-a (2) | cbm3d | 30.50" in fid
     assert "| set-a (2) | **this model** | 31.00 / 0.9000 | 1 |" in gan
     assert "99.00" not in fid  # realistic-protocol rows stay out of the card
-    assert "`python -m train.benchmark --data set-a`" in fid
+    assert "`python -m train.benchmark --data set-a`" in fid and "(test machine, ours in bfloat16)" in fid
     with pytest.raises(SystemExit):
         benchmark.parse_args(["--cards", str(tmp_path / "w")])  # --from missing

@@ -377,7 +377,8 @@ def card_section(method: str, results: list[dict]) -> str:
         if not any(r["method"] == method for r in rows):
             continue
         sigmas = sorted({r["sigma"] for r in rows})
-        out += [f"`{result['meta']['command']}`", f"({result['meta']['machine']}). PSNR dB / SSIM:", ""]
+        precision = f", ours in {result['meta']['precision']}" if result["meta"].get("precision") else ""
+        out += [f"`{result['meta']['command']}`", f"({result['meta']['machine']}{precision}). PSNR dB / SSIM:", ""]
         out.append("| set | method | " + " | ".join(f"sigma {s:g}" for s in sigmas) + " | s/MP |")
         out.append("|---|---|" + "---|" * len(sigmas) + "---|")
         for set_name in dict.fromkeys(r["set"] for r in rows):
