@@ -70,6 +70,8 @@ def test_parse_args_methods_and_sweep() -> None:
     args = benchmark.parse_args(["--data", "d", "--methods", "ours,nlm", "--realism-sweep", "0,0.5,1"])
     assert args.methods == ["ours", "nlm", "ours@0.5", "ours-gan"]
     assert benchmark.realism_of("ours@0.5") == 0.5 and benchmark.realism_of("nlm") is None
+    assert benchmark.realism_of("ours-gan+x8") == 1.0 and benchmark.realism_of("nlm+x8") is None
+    assert benchmark.parse_args(["--data", "d", "--methods", "ours+x8"]).methods == ["ours+x8"]
     with pytest.raises(SystemExit):
         benchmark.parse_args(["--data", "d", "--methods", "ours,dncnn"])
     with pytest.raises(SystemExit):

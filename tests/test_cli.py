@@ -114,13 +114,16 @@ def test_sigma_auto_versus_fixed(work):
     assert np.array_equal(auto, np.asarray(Image.open(work / "auto2" / "a.png")))
 
 
-def test_precision_flag(work):
+def test_precision_and_ensemble_flags(work):
     weights = load_weights(work / "w")
     image = load_image(work / "a.png")
     for precision in ("float32", "bfloat16"):
         assert main(["denoise", "a.png", "-o", precision, "--weights", "w", "--sigma", "25", "--precision", precision]) == 0
         expected = to_numpy(denoise_image(weights, image, sigma=25.0, precision=precision).pixels)
         assert np.array_equal(np.asarray(Image.open(work / precision / "a.png")), expected)
+    assert main(["denoise", "a.png", "-o", "x8", "--weights", "w", "--sigma", "25", "--ensemble"]) == 0
+    expected = to_numpy(denoise_image(weights, image, sigma=25.0, precision="auto", ensemble=True).pixels)
+    assert np.array_equal(np.asarray(Image.open(work / "x8" / "a.png")), expected)
     full, half = (np.asarray(Image.open(work / d / "a.png")).astype(int) for d in ("float32", "bfloat16"))
     assert np.abs(full - half).max() <= 3  # 8-bit outputs: bfloat16 moves a few pixels by a level or so
 

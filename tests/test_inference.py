@@ -169,3 +169,19 @@ def test_precision_auto_follows_the_hardware(monkeypatch):
     assert inference.resolve_precision("bfloat16") == "bfloat16"  # explicit choices are kept
     with pytest.raises(ValueError, match="precision must be one of auto, float32, bfloat16; got 'fp8'"):
         denoise(tiny(), noisy_image(32, 32), 25.0, precision="fp8")
+
+
+def test_ensemble_averages_the_eight_flips_and_rotations():
+    model, x = tiny(seed=4), noisy_image(40, 56, seed=4)  # not square: rotated views are 56 x 40
+    smap = torch.linspace(10, 40, 56).expand(1, 1, 40, -1).contiguous()
+    calls = []
+    ens = denoise(model, x, smap, ensemble=True, progress=lambda d, t: calls.append((d, t)))
+    assert calls == [(i, 8) for i in range(1, 9)] and ens.shape == x.shape
+    # The average over the whole group of flips/rotations is equivariant; a single pass of a random net is not.
+    flipped = denoise(model, x.flip(3), smap.flip(3), ensemble=True)
+    assert torch.allclose(flipped.flip(3), ens, atol=1e-5)
+    rotated = denoise(model, torch.rot90(x, 1, (2, 3)), torch.rot90(smap, 1, (2, 3)), ensemble=True)
+    assert torch.allclose(torch.rot90(rotated, -1, (2, 3)), ens, atol=1e-5)
+    single = denoise(model, x, smap)
+    assert (denoise(model, x.flip(3), smap.flip(3)).flip(3) - single).abs().max() > 1e-3
+    assert (ens - single).abs().max() > 1e-3

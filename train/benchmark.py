@@ -108,7 +108,8 @@ def cbm3d_denoise(noisy: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 def realism_of(method: str) -> float | None:
-    """ours -> 0, ours-gan -> 1, ours@0.25 -> 0.25; None for the peers."""
+    """ours -> 0, ours-gan -> 1, ours@0.25 -> 0.25 (a '+x8' suffix, x8 self-ensemble, keeps it); None for the peers."""
+    method = method.removesuffix("+x8")
     if method == "ours":
         return 0.0
     if method == "ours-gan":
@@ -126,7 +127,8 @@ def make_method(method: str, weights_source: str | None, tile: int, precision: s
 
         model = load_weights(weights_source).generator(realism)
         model.eval()
-        return lambda noisy, sigma: denoise(model, noisy, sigma, tile=tile, precision=precision)
+        ensemble = method.endswith("+x8")
+        return lambda noisy, sigma: denoise(model, noisy, sigma, tile=tile, precision=precision, ensemble=ensemble)
     if method == "cbm3d":
         _bm3d()
         return cbm3d_denoise
@@ -483,7 +485,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m train.benchmark", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", nargs="+", default=[], help="test folders (each one a set)")
     p.add_argument("--sigmas", type=_floats, default=[15.0, 25.0, 50.0], help="comma-separated, 0-255 scale")
-    p.add_argument("--methods", default="ours,ours-gan,cbm3d,nlm", help="ours, ours-gan, ours@REALISM, cbm3d, nlm")
+    p.add_argument("--methods", default="ours,ours-gan,cbm3d,nlm", help="ours, ours-gan, ours@REALISM (any of them +x8: self-ensemble), cbm3d, nlm")
     p.add_argument("--realism-sweep", type=_floats, default=[], help="add ours@A for each A (e.g. 0,0.25,0.5,0.75,1)")
     p.add_argument("--protocol", choices=["standard", "realistic", "both"], default="standard")
     p.add_argument("--limit", type=int, default=None, help="first N images of each set")
