@@ -7,7 +7,7 @@ falling back to the bundled checkpoints/), images are read and written by `ganli
 Run: `python app.py` (serves on localhost; port from GRADIO_SERVER_PORT, default 7860).
 Settings (environment): GANLIB_MAX_PIXELS (default 16 000 000), GANLIB_MAX_FILE_MB (upload limit, 50),
 GANLIB_QUEUE_SIZE (waiting requests, 16), GANLIB_CONCURRENCY (requests run at once, 1), GANLIB_TILE (512).
-API: one endpoint, `/denoise(image, noise_kind, noise_level, seed, strength, realism) -> (png file, metrics)`.
+API: one endpoint, `/denoise(image, noise_kind, noise_level, seed, strength, realism, ensemble) -> (png file, metrics)`.
 """
 
 from __future__ import annotations
@@ -177,12 +177,13 @@ def _gpu(fn):
 
 
 @_gpu
-def _run_network(weights: Weights, noisy: ImageData, sigma: float, realism: float, progress) -> ImageData:
+def _run_network(weights: Weights, noisy: ImageData, sigma: float, realism: float, progress, ensemble: bool = False) -> ImageData:
     if torch.cuda.is_available():
         weights.fidelity.to("cuda")
         if weights.gan is not None:
             weights.gan.to("cuda")
-    return denoise_image(weights, noisy, sigma=sigma, realism=realism, tile=TILE, overlap=OVERLAP, progress=progress, precision=PRECISION)
+    return denoise_image(weights, noisy, sigma=sigma, realism=realism, tile=TILE, overlap=OVERLAP, progress=progress, precision=PRECISION,
+                         ensemble=ensemble)
 
 
 def run(
@@ -193,14 +194,16 @@ def run(
     strength: float | None = None,
     realism: float = 0.0,
     progress: Any = None,
+    ensemble: bool = False,
 ) -> Result:
     """Load, optionally add synthetic noise, denoise, measure and save. Every bad input -> gr.Error (one sentence).
 
     strength: the noise level (0-255 scale) given to the network; None = estimated from the image.
     progress: a gr.Progress (or None); called once per tile.
+    ensemble: x8 self-ensemble (8 flips/rotations averaged): 8 times the time for about +0.2 dB.
     """
     try:
-        return _run(image, noise_kind, noise_params, seed, strength, realism, progress)
+        return _run(image, noise_kind, noise_params, seed, strength, realism, progress, bool(ensemble))
     except gr.Error:
         raise
     except Exception as err:  # a failure nobody anticipated: logged in full, one sentence for the user
@@ -209,7 +212,7 @@ def run(
         raise gr.Error(f"Denoising failed ({type(err).__name__}{': ' + detail if detail else ''}).") from None
 
 
-def _run(image, noise_kind, noise_params, seed, strength, realism, progress) -> Result:
+def _run(image, noise_kind, noise_params, seed, strength, realism, progress, ensemble=False) -> Result:
     t0 = time.perf_counter()
     src, name, nbytes = _source(image)
     if nbytes is not None and nbytes > MAX_FILE_MB * 1024 * 1024:
@@ -262,7 +265,7 @@ def _run(image, noise_kind, noise_params, seed, strength, realism, progress) -> 
 
     t1 = time.perf_counter()
     try:
-        denoised = _run_network(weights, source, sigma, float(realism), tile_progress)
+        denoised = _run_network(weights, source, sigma, float(realism), tile_progress, ensemble)
     except torch.OutOfMemoryError:
         raise gr.Error("Out of memory while denoising; try a smaller image.") from None
     t_net = time.perf_counter() - t1
@@ -281,6 +284,7 @@ def _run(image, noise_kind, noise_params, seed, strength, realism, progress) -> 
         "sigma_used": round(sigma, 3),
         "strength": "manual" if strength is not None else "auto",
         "realism": float(realism),
+        "ensemble": ensemble,
         "weights": weights.source,
         "notes": list(original.notes),
     }
@@ -316,6 +320,7 @@ def api_denoise(
     seed: int | None = 0,
     strength: float | None = None,
     realism: float = 0.0,
+    ensemble: bool = False,
     progress: gr.Progress = gr.Progress(),
 ) -> tuple[str, dict[str, Any]]:
     """Denoise one image (optionally after adding synthetic noise) and return (denoised PNG, metrics).
@@ -325,9 +330,10 @@ def api_denoise(
       speckle: sigma; camera: peak); empty = the library default.
     strength: noise level 0-255 given to the network; empty = estimated from the image.
     realism: 0 (fidelity) .. 1 (GAN); needs GAN weights.
+    ensemble: average the 8 flips/rotations (8 times the time, about +0.2 dB).
     """
     params = {LEVEL_PARAM[noise_kind]: noise_level} if noise_kind in LEVEL_PARAM and noise_level is not None else {}
-    res = run(image, noise_kind, params, seed, strength, realism, progress)
+    res = run(image, noise_kind, params, seed, strength, realism, progress, ensemble)
     return str(res.files["denoised"]), res.metrics
 
 
@@ -373,6 +379,7 @@ def ui_denoise(
     strength_mode: str,
     strength: float,
     realism: float,
+    ensemble: bool = False,
     progress: gr.Progress = gr.Progress(),
 ):
     per_kind = {
@@ -382,7 +389,7 @@ def ui_denoise(
         "speckle": {"sigma": speckle_sigma},
         "camera": {"peak": camera_peak, "sigma": camera_read, "quality": camera_quality},
     }
-    res = run(image, noise_kind, per_kind.get(noise_kind, {}), seed, strength if strength_mode == "manual" else None, realism, progress)
+    res = run(image, noise_kind, per_kind.get(noise_kind, {}), seed, strength if strength_mode == "manual" else None, realism, progress, ensemble)
     before = res.files.get("noisy") or res.files["original"]
     name = res.files["denoised"].name
     return (
@@ -505,6 +512,7 @@ def build_demo(examples_dir: Path | None = None) -> gr.Blocks:
                         0, 1, value=0, step=0.05, label="realism: fidelity (0) to GAN (1)", interactive=has_gan,
                         info=None if has_gan else "disabled: these weights have no GAN stage",
                     )
+                    ensemble = gr.Checkbox(False, label="best quality: average 8 flips/rotations (8x slower, about +0.2 dB)")
                     run_btn = gr.Button("Denoise", variant="primary", elem_id="denoise-btn")
             with gr.Column(scale=2):
                 slider = gr.ImageSlider(label="Before / after (drag)", type="filepath", format="png", elem_id="slider", max_height=700)
@@ -529,7 +537,7 @@ def build_demo(examples_dir: Path | None = None) -> gr.Blocks:
 
         run_btn.click(
             ui_denoise,
-            inputs=[image, kind, *sliders, seed, strength_mode, strength, realism],
+            inputs=[image, kind, *sliders, seed, strength_mode, strength, realism, ensemble],
             outputs=[slider, out_original, out_noisy, out_denoised, metrics_md, download, metrics_json],
             preprocess=False,
             api_visibility="private",
@@ -545,12 +553,13 @@ def build_demo(examples_dir: Path | None = None) -> gr.Blocks:
             a_seed = gr.Number(value=0, precision=0, label="seed")
             a_strength = gr.Number(value=None, label="strength", info="noise level 0-255 for the network; empty = estimated")
             a_realism = gr.Number(value=0.0, label="realism", info="0 = fidelity, 1 = GAN")
+            a_ensemble = gr.Checkbox(False, label="ensemble", info="average 8 flips/rotations: 8x the time, about +0.2 dB")
             a_file = gr.File(label="denoised PNG")
             a_metrics = gr.JSON(label="metrics")
             a_btn = gr.Button("api")
         a_btn.click(
             api_denoise,
-            inputs=[a_image, a_kind, a_level, a_seed, a_strength, a_realism],
+            inputs=[a_image, a_kind, a_level, a_seed, a_strength, a_realism, a_ensemble],
             outputs=[a_file, a_metrics],
             preprocess=False,
             api_name="denoise",

@@ -91,6 +91,17 @@ def test_gaussian_noise_metrics_and_download(app, rgb_png):
     assert np.abs(noisy.astype(int) - np.asarray(Image.open(rgb_png)).astype(int)).mean() > 5
 
 
+def test_ensemble_averages_eight_passes(app, rgb_png):
+    calls = []
+    plain = app.run(str(rgb_png), "gaussian", {"sigma": 25}, seed=3, strength=25)
+    best = app.run(str(rgb_png), "gaussian", {"sigma": 25}, seed=3, strength=25, ensemble=True,
+                   progress=lambda *a, **k: calls.append(a[0]))
+    assert best.metrics["ensemble"] is True and plain.metrics["ensemble"] is False
+    assert calls[-1][0] == calls[-1][1] == len(calls) and len(calls) % 8 == 0  # every tile of all 8 views
+    assert torch.equal(plain.noisy.pixels, best.noisy.pixels)
+    assert not torch.equal(plain.denoised.pixels, best.denoised.pixels)
+
+
 def test_seed_makes_noise_reproducible(app, rgb_png):
     a = app.run(str(rgb_png), "poisson", {"peak": 20}, seed=5)
     b = app.run(str(rgb_png), "poisson", {"peak": 20}, seed=5)
@@ -285,7 +296,7 @@ def test_api_denoise_endpoint(server, rgb_png):
 
     client = Client(server, verbose=False)
     info = client.view_api(print_info=False, return_format="dict")["named_endpoints"]["/denoise"]
-    assert [p["parameter_name"] for p in info["parameters"]] == ["image", "noise_kind", "noise_level", "seed", "strength", "realism"]
+    assert [p["parameter_name"] for p in info["parameters"]] == ["image", "noise_kind", "noise_level", "seed", "strength", "realism", "ensemble"]
     file, metrics = client.predict(image=handle_file(str(rgb_png)), noise_kind="gaussian", noise_level=25, seed=0, api_name="/denoise")
     assert Path(file).name == "photo_denoised.png"
     with Image.open(file) as im:
