@@ -285,6 +285,7 @@ def _run(image, noise_kind, noise_params, seed, strength, realism, progress, ens
         "strength": "manual" if strength is not None else "auto",
         "realism": float(realism),
         "ensemble": ensemble,
+        "precision": resolve_precision(PRECISION, "cuda" if torch.cuda.is_available() else "cpu"),
         "weights": weights.source,
         "notes": list(original.notes),
     }
@@ -359,7 +360,8 @@ def _metrics_markdown(res: Result) -> str:
         ]
     else:
         lines.append("- no synthetic noise added, so there is no clean reference to score against")
-    lines.append(f"- time: {m['seconds_network']:.2f} s network, {m['seconds_total']:.2f} s in all")
+    how = m["precision"] + (", x8 ensemble" if m["ensemble"] else "")
+    lines.append(f"- time: {m['seconds_network']:.2f} s network ({how}), {m['seconds_total']:.2f} s in all")
     lines += [f"- note: {n}" for n in m["notes"]]
     return "\n".join(lines)
 

@@ -97,6 +97,7 @@ def test_ensemble_averages_eight_passes(app, rgb_png):
     best = app.run(str(rgb_png), "gaussian", {"sigma": 25}, seed=3, strength=25, ensemble=True,
                    progress=lambda *a, **k: calls.append(a[0]))
     assert best.metrics["ensemble"] is True and plain.metrics["ensemble"] is False
+    assert plain.metrics["precision"] == app.resolve_precision(app.PRECISION)  # what really ran, e.g. bfloat16
     assert calls[-1][0] == calls[-1][1] == len(calls) and len(calls) % 8 == 0  # every tile of all 8 views
     assert torch.equal(plain.noisy.pixels, best.noisy.pixels)
     assert not torch.equal(plain.denoised.pixels, best.denoised.pixels)
@@ -262,6 +263,7 @@ def test_ui_function_returns_every_view(app, rgb_png):
     assert slider == (noisy["value"], denoised) and noisy["visible"] is True
     assert Path(download["value"]).name == "photo_denoised.png" and download["label"] == "Download photo_denoised.png"
     assert metrics["sigma_used"] == 20 and "PSNR" in md
+    assert f"s network ({metrics['precision']})" in md
     assert all(Path(p).suffix == ".png" for p in (original, noisy["value"], denoised))
 
 
