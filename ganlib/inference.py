@@ -128,23 +128,32 @@ def denoise(
     param = next(model.parameters())
     precision = resolve_precision(precision, param.device)
     views = [(k, flip) for k in range(4) for flip in (False, True)] if ensemble else [(0, False)]
-    out = torch.zeros(1, want, *x.shape[-2:])
+    out = None
     for i, (k, flip) in enumerate(views):
-        def view(t: torch.Tensor) -> torch.Tensor:
-            t = torch.rot90(t, k, (2, 3))
-            return t.flip(3) if flip else t
-
         def report(done: int, total: int) -> None:
             if progress:
                 progress(i * total + done, len(views) * total)
 
         with torch.autocast(param.device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16"):
-            y = _tiled(model, view(x), view(smap), tile, overlap, report)
-        out += torch.rot90(y.flip(3) if flip else y, -k, (2, 3))
-    out /= len(views)
+            y = _tiled(model, _view(x, k, flip), _view(smap, k, flip), tile, overlap, report)
+        y = _unview(y, k, flip)
+        out = y if out is None else out.add_(y)  # one pass (no ensemble) costs no extra image-sized buffer
+    if len(views) > 1:
+        out /= len(views)
     if channels != want:
         out = out.mean(dim=1, keepdim=True) if channels == 1 else out.expand(-1, 3, -1, -1)
     return out.clamp(0, 1).to(noisy.device)
+
+
+def _view(t: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
+    """One of the 8 flips/rotations of an NCHW tensor: rotate by k quarter turns, then mirror if flip."""
+    t = torch.rot90(t, k, (2, 3))
+    return t.flip(3) if flip else t
+
+
+def _unview(t: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
+    """The inverse of `_view`."""
+    return torch.rot90(t.flip(3) if flip else t, -k, (2, 3))
 
 
 def _tiled(model: Generator, x: torch.Tensor, smap: torch.Tensor, tile: int | None, overlap: int,
