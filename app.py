@@ -252,7 +252,7 @@ def _run(image, noise_kind, noise_params, seed, strength, realism, progress, ens
     source = noisy if noisy is not None else original
 
     try:
-        estimated = estimate_sigma(source.pixels)
+        estimated = estimate_sigma(source.pixels, weights.estimator)
     except ValueError:  # too small to estimate anything from
         estimated = float("nan")
     if not math.isfinite(estimated):  # e.g. a flat or tiny image: nothing to estimate, so nothing to remove

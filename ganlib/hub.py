@@ -1,7 +1,8 @@
 """Where the weights come from: the bundled checkpoints/ folder, any local folder, or a Hub repo.
 
 A weights source (folder or Hub model repo) holds `fidelity/` and optionally `gan/`, each a
-generator folder (config.json + model.safetensors, as `Generator.save_pretrained` writes it);
+generator folder (config.json + model.safetensors, as `Generator.save_pretrained` writes it), and
+optionally `estimator/` (a `NoiseEstimator` folder, used to set the strength automatically);
 a plain generator folder works too (fidelity only). Only safetensors are ever loaded, strictly:
 a config.json that does not match its tensors is an error, never a partial load.
 
@@ -30,14 +31,14 @@ from pathlib import Path
 
 import torch
 
-from .models import Generator, GeneratorConfig
+from .models import EstimatorConfig, Generator, GeneratorConfig, NoiseEstimator
 
 log = logging.getLogger(__name__)
 
 BUNDLED = Path(__file__).resolve().parent.parent / "checkpoints"
 HUB_TIMEOUT = 5.0  # seconds to wait for the Hub before using the cache or the fallback
 _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
-_ALLOW = [prefix + name for prefix in ("", "fidelity/", "gan/") for name in ("config.json", "model.safetensors", "README.md")]
+_ALLOW = [prefix + name for prefix in ("", "fidelity/", "gan/", "estimator/") for name in ("config.json", "model.safetensors", "README.md")]
 _PICKLES = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
 
 
@@ -47,11 +48,13 @@ class WeightsError(ValueError):
 
 @dataclass
 class Weights:
-    """The fidelity generator, the optional GAN generator, and where they came from."""
+    """The fidelity generator, the optional GAN generator, the optional noise-level estimator, and
+    where they came from."""
 
     fidelity: Generator
     gan: Generator | None = None
     source: str = ""
+    estimator: NoiseEstimator | None = None
     _blend: tuple[float, Generator] | None = field(default=None, init=False, repr=False, compare=False)
 
     def generator(self, realism: float = 0.0) -> Generator:
@@ -77,8 +80,9 @@ class Weights:
         return model
 
 
-def _load_generator(folder: Path, label: str) -> Generator:
-    """Strictly load one generator folder (config.json + model.safetensors)."""
+def _load_generator(folder: Path, label: str, cls: type = Generator) -> Generator:
+    """Strictly load one generator folder (config.json + model.safetensors); `cls` NoiseEstimator
+    loads an estimator folder the same way."""
     from safetensors.torch import load_file
 
     weights_file, config_file = folder / "model.safetensors", folder / "config.json"
@@ -93,14 +97,15 @@ def _load_generator(folder: Path, label: str) -> Generator:
     if not config_file.is_file():
         raise WeightsError(f"{label}: model.safetensors has no config.json next to it")
     try:
-        config = GeneratorConfig(**json.loads(config_file.read_text()))
+        config = (EstimatorConfig if cls is NoiseEstimator else GeneratorConfig)(**json.loads(config_file.read_text()))
     except (ValueError, TypeError) as e:  # JSONDecodeError is a ValueError; unknown keys are a TypeError
-        raise WeightsError(f"{label}: config.json is not a valid generator config ({e})") from None
+        kind = "noise-estimator" if cls is NoiseEstimator else "generator"
+        raise WeightsError(f"{label}: config.json is not a valid {kind} config ({e})") from None
     try:
         state = load_file(weights_file)
     except Exception as e:  # safetensors raises its own SafetensorError for damaged files
         raise WeightsError(f"{label}: model.safetensors cannot be read ({e})") from None
-    model = Generator(config)
+    model = cls(config)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
@@ -109,7 +114,7 @@ def _load_generator(folder: Path, label: str) -> Generator:
     return _for_inference(model)
 
 
-def _for_inference(model: Generator) -> Generator:
+def _for_inference(model: torch.nn.Module) -> torch.nn.Module:
     """Eval mode with channels_last weights: 5-15% faster convolutions on CPU (oneDNN), same results
     to 1e-6; the model still saves normally (`Generator._save_pretrained` writes contiguous copies)."""
     return model.to(memory_format=torch.channels_last).eval()
@@ -122,7 +127,12 @@ def _load_folder(folder: Path, label: str) -> Weights:
         gan = _load_generator(folder / "gan", f"{label}/gan") if (folder / "gan").is_dir() else None
         if gan is not None and gan.config != fidelity.config:
             raise WeightsError(f"{label}: fidelity/ and gan/ have different configs, so they cannot be interpolated")
-        return Weights(fidelity, gan, label)
+        estimator = None
+        if (folder / "estimator").is_dir():
+            estimator = _load_generator(folder / "estimator", f"{label}/estimator", NoiseEstimator)
+            if estimator.config.channels != fidelity.config.channels:
+                raise WeightsError(f"{label}: estimator/ is for {estimator.config.channels}-channel images, the generator for {fidelity.config.channels}")
+        return Weights(fidelity, gan, label, estimator)
     if any((folder / name).exists() for name in ("model.safetensors", "config.json")) or any(any(folder.glob(p)) for p in _PICKLES):
         return Weights(_load_generator(folder, label), None, label)
     raise WeightsError(f"{label}: no weights found (expected fidelity/ and gan/ subfolders, or config.json + model.safetensors)")
@@ -202,5 +212,6 @@ def load_weights(source: str | Path | None = None, *, revision: str | None = Non
         weights = _from_hub(source, revision, fallback)
     else:
         raise WeightsError(f"{source}: no such folder, and not a Hub repo id of the form user/name")
-    log.info("weights: %s (%s)", weights.source, "fidelity + gan" if weights.gan is not None else "fidelity only")
+    parts = ["fidelity"] + ["gan"] * (weights.gan is not None) + ["estimator"] * (weights.estimator is not None)
+    log.info("weights: %s (%s)", weights.source, " + ".join(parts))
     return weights

@@ -9,13 +9,14 @@ None means "estimate it from the image". `denoise_image(weights, image)` is the 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from .models import Generator
+from .models import Generator, NoiseEstimator
 
 if TYPE_CHECKING:  # runtime imports stay lazy: hub and images are not needed to denoise tensors
     from .hub import Weights
@@ -48,8 +49,17 @@ def resolve_precision(precision: str, device: torch.device | str = "cpu") -> str
     return precision
 
 
-def estimate_sigma(image: torch.Tensor) -> float:
-    """Estimate the Gaussian noise level (0-255 scale) of a (1,C,H,W) image (wavelet MAD, scikit-image)."""
+def estimate_sigma(image: torch.Tensor, estimator: NoiseEstimator | None = None, *, tile: int = 1024, max_tiles: int = 8) -> float:
+    """Estimate the noise level (0-255 scale) of a (1,C,H,W) image.
+
+    With a trained `estimator` (`Weights.estimator`): the mean of its noise-level map, over at most
+    `max_tiles` evenly spread tiles of `tile` pixels (bounded time and memory on huge photos). It is
+    trained on the same noise as the generator, JPEG-compressed camera noise included. Without one:
+    the wavelet MAD estimate of scikit-image, which assumes white Gaussian noise and so reads much
+    too low on JPEG photos and too high on fine texture.
+    """
+    if estimator is not None:
+        return _estimate_with(estimator, image, tile, max_tiles)
     from skimage.restoration import estimate_sigma as _estimate
 
     arr = image[0].detach().float().cpu().permute(1, 2, 0).numpy()
@@ -61,6 +71,30 @@ def estimate_sigma(image: torch.Tensor) -> float:
     with np.errstate(all="ignore"):
         sigma = float(_estimate(arr, channel_axis=channel_axis, average_sigmas=True))
     return max(sigma, 0.0) * 255.0 if np.isfinite(sigma) else 0.0  # flat images give NaN: no noise
+
+
+@torch.no_grad()
+def _estimate_with(estimator: NoiseEstimator, image: torch.Tensor, tile: int, max_tiles: int) -> float:
+    if image.dim() != 4 or image.shape[0] != 1 or image.shape[1] not in (1, 3):
+        raise ValueError(f"expected one image of shape (1,C,H,W) with 1 or 3 channels, got {tuple(image.shape)}")
+    if tile < 1 or max_tiles < 1:
+        raise ValueError(f"tile and max_tiles must be >= 1, got {tile} and {max_tiles}")
+    x = image.float()
+    want = estimator.config.channels
+    if x.shape[1] != want:
+        x = x.expand(-1, want, -1, -1) if x.shape[1] == 1 else x.mean(dim=1, keepdim=True)
+    h, w = x.shape[-2:]
+    boxes = [(y, x0) for y in range(0, h, tile) for x0 in range(0, w, tile)]
+    if len(boxes) > max_tiles:
+        boxes = [boxes[round(i * (len(boxes) - 1) / (max_tiles - 1))] for i in range(max_tiles)] if max_tiles > 1 else boxes[len(boxes) // 2 : len(boxes) // 2 + 1]
+    param = next(estimator.parameters())
+    total, count = 0.0, 0
+    for y, x0 in boxes:
+        smap = estimator(x[..., y : y + tile, x0 : x0 + tile].to(param))
+        total += float(smap.double().sum())
+        count += smap.numel()
+    sigma = total / count * 255.0
+    return sigma if math.isfinite(sigma) else 0.0
 
 
 def _starts(size: int, tile: int, stride: int) -> list[int]:
@@ -206,7 +240,11 @@ def denoise_image(
     ensemble: bool = False,
 ) -> ImageData:
     """Denoise a loaded image with `weights.generator(realism)`; returns a new ImageData with the same
-    metadata (alpha, bit depth, ICC profile, name). sigma, precision and ensemble as in `denoise`."""
+    metadata (alpha, bit depth, ICC profile, name). sigma, precision and ensemble as in `denoise`;
+    sigma None is estimated with `weights.estimator` when the weights have one (see `estimate_sigma`)."""
     model = weights.generator(realism)
+    if sigma is None:
+        sigma = estimate_sigma(image.pixels, weights.estimator)
+        log.info("estimated noise level: sigma = %.2f", sigma)
     result = denoise(model, image.pixels, sigma, tile=tile, overlap=overlap, progress=progress, precision=precision, ensemble=ensemble)
     return image.with_pixels(result)

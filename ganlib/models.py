@@ -1,5 +1,5 @@
-"""The networks: a noise-level-conditioned residual U-Net generator and a conditional PatchGAN
-discriminator, each configured by a dataclass.
+"""The networks: a noise-level-conditioned residual U-Net generator, a conditional PatchGAN
+discriminator and a small noise-level estimator, each configured by a dataclass.
 
 Image convention (see `ganlib.images`): float32 NCHW tensors in [0, 1]. Noise levels given to the
 generator are standard deviations on the same [0, 1] scale (sigma_255 / 255), as a map of shape
@@ -43,6 +43,14 @@ class DiscriminatorConfig:
     channels: int = 3
     width: int = 64
     layers: int = 3  # stride-2 layers; the receptive field grows with them (3 -> 70 x 70 patches)
+
+
+@dataclass
+class EstimatorConfig:
+    """Shape of the noise-level estimator (about 6.5k multiply-adds per pixel with the defaults)."""
+
+    channels: int = 3
+    width: int = 48
 
 
 class ResBlock(nn.Module):
@@ -145,6 +153,55 @@ class Generator(
         save_file(state, str(Path(save_directory) / "model.safetensors"), metadata={"format": "pt"})
 
 
+class NoiseEstimator(
+    nn.Module,
+    PyTorchModelHubMixin,
+    library_name="ganlib",
+    tags=["image-denoising", "noise-estimation", "ganlib"],
+    license="mit",
+):
+    """Predicts the noise-level map the generator is conditioned on, from the noisy image alone.
+
+    forward(noisy) -> (N,1,H,W) standard deviations on the [0, 1] scale; any H x W. It works on
+    4 x 4 pixel blocks (a local branch, and a branch at half that resolution for context), so it
+    sees noise that JPEG or demosaicing made spatially correlated, which a wavelet estimate misses.
+    """
+
+    eps = 1 / 255  # the network predicts log(sigma + eps)
+    multiple = 8
+
+    def __init__(self, config: EstimatorConfig | dict | None = None) -> None:
+        super().__init__()
+        if config is None:
+            config = EstimatorConfig()
+        elif isinstance(config, dict):
+            config = EstimatorConfig(**config)
+        self.config = config
+        self._hub_mixin_config = asdict(config)
+        c, w = config.channels, config.width
+
+        def conv(a: int, b: int) -> nn.Module:
+            return nn.Sequential(nn.Conv2d(a, b, 3, padding=1), nn.ReLU())
+
+        self.local = nn.Sequential(conv(c * 16, w), conv(w, w), conv(w, w))
+        self.context = nn.Sequential(conv(w, w), conv(w, w))
+        self.out = nn.Conv2d(2 * w, 1, 3, padding=1)
+
+    def log_sigma(self, noisy: torch.Tensor) -> torch.Tensor:
+        """log(sigma + eps) at 1/4 resolution, for inputs whose sides are multiples of 8."""
+        h = self.local(F.pixel_unshuffle(noisy - 0.5, 4))
+        g = F.interpolate(self.context(F.avg_pool2d(h, 2)), size=h.shape[-2:], mode="nearest")
+        return self.out(torch.cat([h, g], dim=1))
+
+    def forward(self, noisy: torch.Tensor) -> torch.Tensor:
+        if noisy.dim() != 4 or noisy.shape[1] != self.config.channels:
+            raise ValueError(f"expected (N,{self.config.channels},H,W) input, got {tuple(noisy.shape)}")
+        x, h, w = _pad_to_multiple(noisy, self.multiple)
+        with torch.autocast(x.device.type, enabled=False):
+            s = (self.log_sigma(x.float()).exp() - self.eps).clamp_min(0)
+        return F.interpolate(s, size=x.shape[-2:], mode="bilinear", align_corners=False)[..., :h, :w]
+
+
 def _sn_conv(cin: int, cout: int, stride: int) -> nn.Module:
     return nn.utils.parametrizations.spectral_norm(nn.Conv2d(cin, cout, 4, stride=stride, padding=1))
 
@@ -185,7 +242,12 @@ def count_macs_per_pixel(model: nn.Module, size: int = 128, channels: int = 3) -
     try:
         with torch.no_grad():
             x = torch.zeros(1, channels, size, size)
-            model(x, 0.1) if isinstance(model, Generator) else model(x, x)
+            if isinstance(model, Generator):
+                model(x, 0.1)
+            elif isinstance(model, NoiseEstimator):
+                model(x)
+            else:
+                model(x, x)
     finally:
         for h in handles:
             h.remove()

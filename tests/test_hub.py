@@ -321,3 +321,29 @@ def test_loaded_models_are_channels_last_and_still_save(pair, tmp_path):
     w.generator(0.5).save_pretrained(tmp_path / "again")  # safetensors needs contiguous tensors
     again = load_weights(tmp_path / "again")
     assert same_weights(again.fidelity, w.generator(0.5))
+
+
+def test_estimator_folder_is_loaded_strictly_and_from_the_hub(pair, hf, monkeypatch):
+    from ganlib.models import EstimatorConfig, NoiseEstimator
+
+    folder, fid, _ = pair
+    assert load_weights(folder).estimator is None  # optional: the wavelet estimate is used without it
+    torch.manual_seed(3)
+    est = NoiseEstimator(EstimatorConfig(width=8))
+    est.save_pretrained(folder / "estimator")
+    w = load_weights(folder)
+    assert same_weights(w.estimator, est) and not w.estimator.training
+    fill_cache(hf, "user/repo", COMMIT_A, folder)  # the Hub path fetches estimator/ too
+    offline(monkeypatch)
+    assert same_weights(load_weights("user/repo", revision=COMMIT_A).estimator, est)
+
+    (folder / "estimator" / "config.json").write_text('{"width": 8, "depth": 3}')
+    with pytest.raises(WeightsError, match="estimator: config.json is not a valid noise-estimator config"):
+        load_weights(folder)
+    NoiseEstimator(EstimatorConfig(channels=1, width=8)).save_pretrained(folder / "estimator")
+    with pytest.raises(WeightsError, match="estimator/ is for 1-channel images, the generator for 3"):
+        load_weights(folder)
+    NoiseEstimator(EstimatorConfig(width=8)).save_pretrained(folder / "estimator")
+    (folder / "estimator" / "config.json").write_text('{"width": 16}')
+    with pytest.raises(WeightsError, match="do not match config.json"):
+        load_weights(folder)

@@ -185,3 +185,46 @@ def test_ensemble_averages_the_eight_flips_and_rotations():
     single = denoise(model, x, smap)
     assert (denoise(model, x.flip(3), smap.flip(3)).flip(3) - single).abs().max() > 1e-3
     assert (ens - single).abs().max() > 1e-3
+
+
+def constant_estimator(sigma: float) -> "NoiseEstimator":
+    """A NoiseEstimator whose map is `sigma` (0-255 scale) everywhere."""
+    from ganlib.models import EstimatorConfig, NoiseEstimator
+
+    est = NoiseEstimator(EstimatorConfig(width=8)).eval()
+    with torch.no_grad():
+        est.out.weight.zero_()
+        est.out.bias.fill_(float(np.log(sigma / 255 + NoiseEstimator.eps)))
+    return est
+
+
+def test_estimate_sigma_with_an_estimator_tiles_and_channels():
+    from ganlib.models import EstimatorConfig, NoiseEstimator
+
+    torch.manual_seed(0)
+    est = NoiseEstimator(EstimatorConfig(width=8)).eval()
+    x = noisy_image(100, 140)
+    with torch.no_grad():
+        whole = float(est(x).mean()) * 255
+    assert estimate_sigma(x, est) == pytest.approx(whole, rel=1e-5)  # fits one tile
+    calls = []
+    est.register_forward_hook(lambda m, i, o: calls.append(tuple(i[0].shape[-2:])))
+    tiled = estimate_sigma(x, est, tile=32, max_tiles=4)
+    assert len(calls) == 4 and all(max(c) <= 32 for c in calls)  # 20 tiles, 4 evenly spread ones used
+    assert tiled == pytest.approx(whole, rel=0.2)
+    calls.clear()
+    estimate_sigma(x, est, tile=32, max_tiles=1)
+    assert len(calls) == 1
+    assert estimate_sigma(x.mean(dim=1, keepdim=True), constant_estimator(12.0)) == pytest.approx(12.0, rel=1e-4)  # gray input
+    with pytest.raises(ValueError, match="tile and max_tiles must be >= 1"):
+        estimate_sigma(x, est, max_tiles=0)
+
+
+def test_denoise_image_estimates_with_the_weights_estimator():
+    model, x = tiny(), noisy_image(48, 64)
+    weights = Weights(fidelity=model, source="mem", estimator=constant_estimator(20.0))
+    image = ImageData(pixels=x, alpha=None, bit_depth=8, icc_profile=None, name="t", notes=[])
+    auto = denoise_image(weights, image).pixels
+    assert torch.equal(auto, denoise(model, x, estimate_sigma(x, weights.estimator)))
+    assert estimate_sigma(x, weights.estimator) == pytest.approx(20.0, rel=1e-4)
+    assert not torch.equal(auto, denoise_image(Weights(fidelity=model, source="mem"), image).pixels)  # wavelet estimate differs

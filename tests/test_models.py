@@ -113,3 +113,20 @@ def test_discriminator_shape_and_spectral_norm():
     for c in convs:
         w = c.weight.detach().reshape(c.weight.shape[0], -1)
         assert torch.linalg.matrix_norm(w, ord=2) == pytest.approx(1.0, abs=0.05)
+
+
+def test_noise_estimator_any_size_and_save_load(tmp_path):
+    from ganlib.models import EstimatorConfig, NoiseEstimator
+
+    torch.manual_seed(0)
+    est = NoiseEstimator(EstimatorConfig(width=8)).eval()
+    for h, w in [(1, 1), (5, 9), (37, 64), (64, 48)]:
+        out = est(torch.rand(2, 3, h, w))
+        assert out.shape == (2, 1, h, w) and (out >= 0).all() and torch.isfinite(out).all()
+    with pytest.raises(ValueError, match=r"expected \(N,3,H,W\) input"):
+        est(torch.rand(1, 1, 16, 16))
+    est.save_pretrained(tmp_path / "e")
+    again = NoiseEstimator.from_pretrained(tmp_path / "e")
+    x = torch.rand(1, 3, 24, 40)
+    assert again.config == est.config and torch.equal(again(x), est(x))
+    assert 1_000 < count_macs_per_pixel(NoiseEstimator()) < 10_000  # tiny next to the generator's 60k

@@ -468,3 +468,35 @@ def test_two_process_run_matches_one_process(workspace: dict[str, Path], fidelit
         for key in keys:
             err = (a[key] - b[key]).abs().max().item()
             assert err <= atol + 1e-4 * a[key].abs().max().item(), f"{section} tensor {key}: max difference {err:.3g}"
+
+
+def test_estimator_stage_learns_exports_and_loads_beside_the_generator(workspace: dict[str, Path], fidelity_run: Path, tmp_path: Path) -> None:
+    from ganlib.hub import load_weights
+    from ganlib.models import NoiseEstimator
+
+    preset = tmp_path / "est.json"
+    preset.write_text(json.dumps({**TINY, "stage": "estimator", "max_steps": 40, "lr": 3e-3, "warmup_steps": 1, "estimator": {"width": 8}}))
+    out = tmp_path / "est"
+    assert trainer.main(["--data", str(workspace["data"]), "--output-dir", str(out), "--config", str(preset)]) == 0
+    rows = list(csv.DictReader((out / "log.csv").open()))
+    losses = [float(r["loss_pix"]) for r in rows if r["loss_pix"]]
+    assert len(losses) == 40 and sum(losses[-10:]) < 0.7 * sum(losses[:10])  # it learns
+    metrics = json.loads((out / "final" / "metrics.json").read_text())
+    assert set(metrics) == {"err15", "err25", "err50", "err_camera", "err_camera_jpeg"}
+    assert all(math.isfinite(v) and v >= 0 for v in metrics.values())
+    assert "estimates the noise level" in (out / "final" / "README.md").read_text()
+    assert not (out / "val").exists()  # no image grid for the estimator
+
+    weights = tmp_path / "weights"
+    (weights / "fidelity").mkdir(parents=True)
+    for name in ("config.json", "model.safetensors"):
+        (weights / "fidelity" / name).write_bytes((fidelity_run / "final" / name).read_bytes())
+        (weights / "estimator").mkdir(exist_ok=True)
+        (weights / "estimator" / name).write_bytes((out / "final" / name).read_bytes())
+    loaded = load_weights(weights)
+    assert isinstance(loaded.estimator, NoiseEstimator) and loaded.estimator.config.width == 8
+
+    with pytest.raises(SystemExit):  # the estimator works on 8x8 blocks
+        trainer.parse_config(["--data", "d", "--config", str(preset), "--crop", "36"])
+    bad = ["--data", str(workspace["data"]), "--output-dir", str(tmp_path / "bad"), "--config", str(preset), "--init", str(fidelity_run / "final")]
+    assert trainer.main(bad) == 2  # a generator folder is no estimator: a clear error, not a traceback

@@ -413,9 +413,12 @@ def write_cards(weights_dir: Path, files: list[Path]) -> list[Path]:
 def real_grid(folder: str, out: Path, weights: str | None, methods: list[str], crop: int, limit: int | None, tile: int,
               precision: str = "auto") -> list[dict]:
     """Rows of noisy | each method, on centre crops of real noisy photos, at the noise level
-    estimated on the whole photo. Returns the estimated sigmas."""
+    estimated on the whole photo (as the demo's automatic strength does). Returns the estimated sigmas."""
     from PIL import Image, ImageDraw
 
+    from ganlib.hub import load_weights
+
+    estimator = load_weights(weights).estimator  # the demo's automatic strength (wavelet MAD if none)
     fns = {}
     for m in methods:
         try:
@@ -425,7 +428,7 @@ def real_grid(folder: str, out: Path, weights: str | None, methods: list[str], c
     rows, info = [], []
     for path in tqdm(list_set(folder, limit), desc="real grid", dynamic_ncols=True):
         image = load_rgb(path)
-        sigma = estimate_sigma(image)
+        sigma = estimate_sigma(image, estimator)
         h, w = image.shape[-2:]
         side = min(crop, h, w)
         y, x = (h - side) // 2, (w - side) // 2

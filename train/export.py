@@ -9,7 +9,9 @@ import os
 from dataclasses import asdict
 from pathlib import Path
 
-from ganlib.models import Generator, count_macs_per_pixel
+import torch
+
+from ganlib.models import count_macs_per_pixel
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +32,8 @@ metrics:
 
 # ganlib denoiser ({stage} stage)
 
-A noise-level-conditioned residual U-Net ({params:,} parameters, {macs:,.0f} multiply-adds per pixel)
-that removes noise from photos. Stage `{stage}`: {stage_text}
+{what} ({params:,} parameters, {macs:,.0f} multiply-adds per pixel).
+Stage `{stage}`: {stage_text}
 
 ## Training
 - Data: `{data}` ({train_images} training images, {val_images} held back for validation; random
@@ -41,7 +43,7 @@ that removes noise from photos. Stage `{stage}`: {stage_text}
 - Runs, oldest first ({total_hours:.2f} hours in all; each run starts from the previous one's weights):
 {runs}
 
-## Validation (held-back training images, Gaussian noise, unclipped)
+## Validation ({val_text})
 {metrics}
 
 ## Use
@@ -87,14 +89,21 @@ def _run_line(run: dict) -> str:
             f"peak lr {run['lr']:g}, {run['hours']:.2f} hours on {run['device']}")
 
 
-def model_card(cfg, metrics: dict[str, float], *, train_images: int, val_images: int, model: Generator, history: list[dict]) -> str:
+def model_card(cfg, metrics: dict[str, float], *, train_images: int, val_images: int, model: torch.nn.Module, history: list[dict]) -> str:
     rows = "\n".join(f"| {k} | {v:.4f} |" for k, v in metrics.items())
-    stage_text = (
-        "trained with the L1 pixel loss for the highest PSNR."
-        if cfg.stage == "fidelity"
-        else f"fine-tuned from the fidelity model with a conditional PatchGAN ({cfg.gan_loss} loss, weight {cfg.adv_weight}) for sharper texture."
-    )
+    what = "A noise-level-conditioned residual U-Net that removes noise from photos"
+    val_text = "held-back training images, Gaussian noise, unclipped"
+    if cfg.stage == "fidelity":
+        stage_text = "trained with the L1 pixel loss for the highest PSNR."
+    elif cfg.stage == "gan":
+        stage_text = f"fine-tuned from the fidelity model with a conditional PatchGAN ({cfg.gan_loss} loss, weight {cfg.adv_weight}) for sharper texture."
+    else:
+        what = "A small CNN that estimates the noise level of a photo, to set the denoiser's strength automatically"
+        stage_text = "trained to predict the generator's noise-level map (L1 on log noise levels) from the noisy image alone."
+        val_text = "held-back training images; mean absolute error of the estimated level, 0-255 scale, noise clipped and rounded to 8 bits"
     return CARD.format(
+        what=what,
+        val_text=val_text,
         dataset=Path(cfg.data).name or "custom",
         stage=cfg.stage,
         stage_text=stage_text,
@@ -112,7 +121,7 @@ def model_card(cfg, metrics: dict[str, float], *, train_images: int, val_images:
     )
 
 
-def export(model: Generator, folder: str | Path, cfg, metrics: dict[str, float], *, steps: int, seconds: float,
+def export(model: torch.nn.Module, folder: str | Path, cfg, metrics: dict[str, float], *, steps: int, seconds: float,
            train_images: int, val_images: int) -> Path:
     """Write the Hub-ready folder: weights + config, model card, resolved training config, validation
     metrics and training.json (every run from scratch to these weights, for the card's history)."""
@@ -123,7 +132,7 @@ def export(model: Generator, folder: str | Path, cfg, metrics: dict[str, float],
     (folder / "training.json").write_text(json.dumps(history, indent=2))
     (folder / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
     (folder / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    log.info("exported generator to %s", folder)
+    log.info("exported %s model to %s", cfg.stage, folder)
     return folder
 
 

@@ -1,6 +1,8 @@
-"""Train the denoiser: stage `fidelity` (L1 [+ SSIM]) then stage `gan` (adversarial fine-tuning).
+"""Train the denoiser: stage `fidelity` (L1 [+ SSIM]) then stage `gan` (adversarial fine-tuning);
+stage `estimator` trains the small noise-level estimator that sets the strength automatically.
 
     python -m train.train --data DIR --output-dir DIR [--config train/configs/cpu.json] [--stage gan --init DIR]
+    python -m train.train --data DIR --output-dir DIR --config train/configs/cpu-estimator.json
 
 Everything is in `TrainConfig`; every field is also a command-line flag (--batch-size 8 ...), the
 JSON preset sits under them and the resolved config is saved beside every checkpoint. On CUDA the
@@ -28,15 +30,16 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ganlib.images import to_pil
-from ganlib.inference import denoise
+from ganlib.inference import denoise, estimate_sigma
 from ganlib.metrics import psnr, ssim
-from ganlib.models import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
-from ganlib.noise import add_noise
+from ganlib.models import Discriminator, DiscriminatorConfig, EstimatorConfig, Generator, GeneratorConfig, NoiseEstimator
+from ganlib.noise import add_noise, noise_std_map
 
 from .checkpoint import load_state, save_state
 from .data import CropDataset, NoiseConfig, list_images, load_validation, split
 
 log = logging.getLogger("train")
+STAGES = ("fidelity", "gan", "estimator")
 
 
 @dataclass
@@ -44,8 +47,8 @@ class TrainConfig:
     data: str = ""  # folder of clean training photos (recursive)
     val_data: str = ""  # separate validation folder; empty = hold back val_count images of `data`
     output_dir: str = "runs/default"
-    stage: str = "fidelity"  # fidelity | gan
-    init: str = ""  # generator weights folder to start from (the fidelity model, for stage gan)
+    stage: str = "fidelity"  # fidelity | gan | estimator
+    init: str = ""  # weights folder to start from (the fidelity model, for stage gan)
     seed: int = 0
     crop: int = 256  # random crop side
     min_size: int = 256  # images with a side below this are skipped
@@ -76,6 +79,7 @@ class TrainConfig:
     push_to_hub: str = ""  # repo id to publish the exported generator to
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
+    estimator: EstimatorConfig = field(default_factory=EstimatorConfig)
     noise: NoiseConfig = field(default_factory=NoiseConfig)
 
 
@@ -118,8 +122,10 @@ def parse_config(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.N
         if v is not None:
             values[f.name] = v
     cfg = _coerce(TrainConfig, values)
-    if cfg.stage not in ("fidelity", "gan"):
-        parser.error(f"--stage must be fidelity or gan, not {cfg.stage!r}")
+    if cfg.stage not in STAGES:
+        parser.error(f"--stage must be one of {', '.join(STAGES)}, not {cfg.stage!r}")
+    if cfg.stage == "estimator" and cfg.crop % NoiseEstimator.multiple:
+        parser.error(f"--stage estimator needs --crop to be a multiple of {NoiseEstimator.multiple}, got {cfg.crop}")
     if not cfg.data:
         parser.error("--data is required (a folder of clean photos)")
     return cfg, args
@@ -184,6 +190,43 @@ def validate(model: Generator, images: list[torch.Tensor], sigmas: list[float], 
     return out
 
 
+# Validation noise for the estimator: what uploads look like (clipped, 8-bit), JPEG camera noise included.
+ESTIMATOR_CASES = {"camera": ("camera", {"peak": 30.0, "sigma": 4.0}), "camera_jpeg": ("camera", {"peak": 30.0, "sigma": 4.0, "quality": 80})}
+
+
+def validate_estimator(model: NoiseEstimator, images: list[torch.Tensor], sigmas: list[float], seed: int) -> dict[str, float]:
+    """Mean absolute error (0-255 scale) of the estimated noise level: Gaussian noise at each sigma and
+    camera noise without and with JPEG, all clipped and rounded to 8 bits. The truth is the mean of the
+    noise-level map that the generator is conditioned on."""
+    model.eval()
+    cases = [("gaussian", {"sigma": s}, f"err{s:g}") for s in sigmas]
+    cases += [(kind, params, f"err_{name}") for name, (kind, params) in ESTIMATOR_CASES.items()]
+    out: dict[str, float] = {}
+    for kind, params, name in cases:
+        errs = []
+        for i, clean in enumerate(images):
+            noisy = add_noise(clean, kind, seed=seed + i, clip=True, quantize=True, **params)
+            truth = float(noise_std_map(clean, kind, **params).mean()) * 255
+            errs.append(abs(estimate_sigma(noisy, model) - truth))
+        out[name] = sum(errs) / len(errs)
+    model.train()
+    return out
+
+
+def estimator_step(model: NoiseEstimator, opt: torch.optim.Optimizer, noisy: torch.Tensor, smap: torch.Tensor, grad_clip: float, step: int = 0) -> torch.Tensor:
+    """One step of the estimator: L1 between log noise levels, on 4x4 blocks (its output resolution)."""
+    target = torch.log(F.avg_pool2d(smap, 4) + NoiseEstimator.eps)
+    loss = F.l1_loss(model.log_sigma(noisy), target)
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"loss became {loss.item()} at step {step}")
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    opt.step()
+    return loss.detach()
+
+
 def save_grid(model: Generator, images: list[torch.Tensor], sigma: float, seed: int, path: Path, n: int = 4) -> None:
     """PNG grid, one row per image: noisy | denoised | clean."""
     model.eval()
@@ -198,7 +241,7 @@ def save_grid(model: Generator, images: list[torch.Tensor], sigma: float, seed: 
     to_pil(torch.cat(rows, dim=-2)).save(path)
 
 
-def ema_update(ema: Generator, model: Generator, decay: float) -> None:
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
     with torch.no_grad():
         for e, p in zip(ema.parameters(), model.parameters()):
             e.lerp_(p.detach().float(), 1 - decay)
@@ -298,11 +341,18 @@ def _run(cfg: TrainConfig, resume: bool) -> Path:
     val_images = load_validation(val_paths, cfg.val_max_side or None)
     dataset = CropDataset(train_paths, cfg.crop, cfg.noise, cfg.seed)
 
-    model = Generator(cfg.generator).to(device)
+    estimating = cfg.stage == "estimator"
+    if estimating and world > 1:
+        raise ValueError("the estimator stage runs in one process (it trains in minutes); start it without torchrun")
+    net, net_config = (NoiseEstimator, cfg.estimator) if estimating else (Generator, cfg.generator)
+    model = net(net_config).to(device)
     if cfg.init:
-        init = Generator.from_pretrained(cfg.init)
-        if asdict(init.config) != asdict(cfg.generator):
-            raise ValueError(f"--init {cfg.init} has generator config {asdict(init.config)}, the run wants {asdict(cfg.generator)}")
+        try:
+            init = net.from_pretrained(cfg.init)
+        except TypeError as err:  # a config.json of the other kind of network
+            raise ValueError(f"--init {cfg.init} is not a {net.__name__} folder ({err})") from None
+        if asdict(init.config) != asdict(net_config):
+            raise ValueError(f"--init {cfg.init} has config {asdict(init.config)}, the run wants {asdict(net_config)}")
         model.load_state_dict(init.state_dict())
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt_g = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
@@ -392,7 +442,11 @@ def _run(cfg: TrainConfig, resume: bool) -> Path:
         clean, noisy, smap = (t.to(device, non_blocking=True) for t in (clean, noisy, smap))
         for group in opt_g.param_groups:
             group["lr"] = cfg.lr * lr_factor(cfg, step)
-        loss_pix, loss_adv, loss_d = train_step(cfg, ddp_model, disc, opt_g, opt_d, clean, noisy, smap, amp, step)
+        if estimating:
+            loss_pix = estimator_step(model, opt_g, noisy, smap, cfg.grad_clip, step)
+            loss_adv = loss_d = torch.zeros(())
+        else:
+            loss_pix, loss_adv, loss_d = train_step(cfg, ddp_model, disc, opt_g, opt_d, clean, noisy, smap, amp, step)
         ema_update(ema, model, cfg.ema_decay if step >= cfg.warmup_steps else 0.0)
         step += 1
         seen += clean.shape[0] * world
@@ -403,8 +457,9 @@ def _run(cfg: TrainConfig, resume: bool) -> Path:
             writer.writerow([step, f"{time.time():.0f}", f"{opt_g.param_groups[0]['lr']:.3g}", f"{loss_pix.item():.5f}", f"{loss_adv.item():.4f}", f"{loss_d.item():.4f}", ""])
             log_file.flush()
         if main and (step % cfg.val_every == 0 or step == cfg.max_steps):
-            metrics = validate(ema, val_images, cfg.val_sigmas, seed=10_000)
-            save_grid(ema, val_images, cfg.val_sigmas[len(cfg.val_sigmas) // 2], 10_000, out / "val" / f"step{step:07d}.png")
+            metrics = run_validation(cfg, ema, val_images)
+            if not estimating:
+                save_grid(ema, val_images, cfg.val_sigmas[len(cfg.val_sigmas) // 2], 10_000, out / "val" / f"step{step:07d}.png")
             writer.writerow([step, f"{time.time():.0f}", "", "", "", "", json.dumps(metrics)])
             log_file.flush()
             log.info("step %d validation: %s", step, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
@@ -416,7 +471,7 @@ def _run(cfg: TrainConfig, resume: bool) -> Path:
     save_checkpoint()
     final = out / "final"
     if main and step >= cfg.max_steps:
-        metrics = validate(ema, val_images, cfg.val_sigmas, seed=10_000)
+        metrics = run_validation(cfg, ema, val_images)
         from .export import export
 
         export(ema, final, cfg, metrics, steps=step, train_images=len(train_paths), val_images=len(val_paths), seconds=elapsed())
@@ -431,6 +486,12 @@ def _run(cfg: TrainConfig, resume: bool) -> Path:
     if world > 1:
         torch.distributed.destroy_process_group()
     return final
+
+
+def run_validation(cfg: TrainConfig, model: torch.nn.Module, images: list[torch.Tensor]) -> dict[str, float]:
+    if cfg.stage == "estimator":
+        return validate_estimator(model, images, cfg.val_sigmas, seed=10_000)
+    return validate(model, images, cfg.val_sigmas, seed=10_000)
 
 
 def _ignore_interrupts(_worker_id: int) -> None:
