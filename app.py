@@ -89,7 +89,8 @@ def weights_banner() -> str:
     except gr.Error as err:
         return f"**Weights: none loaded.** {err.message}"
     gan = "fidelity + GAN (realism slider enabled)" if w.gan is not None else "fidelity only (no GAN weights: realism disabled)"
-    return f"**Weights in use:** `{w.source}` - {gan}"
+    auto = "learned noise-level estimator" if w.estimator is not None else "wavelet noise estimate (no estimator/ weights)"
+    return f"**Weights in use:** `{w.source}` - {gan}; auto strength: {auto}"
 
 
 # ----------------------------------------------------------------------------- core
@@ -281,6 +282,7 @@ def _run(image, noise_kind, noise_params, seed, strength, realism, progress, ens
         "noise_params": params,
         "seed": seed if noisy is not None else None,
         "sigma_estimated": round(estimated, 3),
+        "sigma_estimator": "learned (estimator/)" if weights.estimator is not None else "wavelet (scikit-image)",
         "sigma_used": round(sigma, 3),
         "strength": "manual" if strength is not None else "auto",
         "realism": float(realism),

@@ -8,7 +8,7 @@ from .hub import BUNDLED, Weights, WeightsError, load_weights
 from .images import ImageData, ImageError, encode_png, load_image, save_image, to_numpy, to_pil, to_tensor
 from .inference import denoise, denoise_image, estimate_sigma
 from .metrics import detail_ratio, psnr, ssim
-from .models import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig, count_macs_per_pixel
+from .models import Discriminator, DiscriminatorConfig, EstimatorConfig, Generator, GeneratorConfig, NoiseEstimator, count_macs_per_pixel
 from .noise import KINDS, add_noise, noise_std_map
 
 __all__ = [
@@ -25,8 +25,10 @@ __all__ = [
     "save_image",
     "Discriminator",
     "DiscriminatorConfig",
+    "EstimatorConfig",
     "Generator",
     "GeneratorConfig",
+    "NoiseEstimator",
     "add_noise",
     "count_macs_per_pixel",
     "denoise",

@@ -79,6 +79,7 @@ def test_gaussian_noise_metrics_and_download(app, rgb_png):
     assert 0 < m["ssim_noisy"] < 0.9
     assert np.isfinite(m["psnr_denoised"]) and -1 <= m["ssim_denoised"] <= 1
     assert 15 < m["sigma_estimated"] < 35 and m["sigma_used"] == m["sigma_estimated"] and m["strength"] == "auto"
+    assert m["sigma_estimator"] == "wavelet (scikit-image)"  # these weights have no estimator/
     assert m["seconds_total"] >= m["seconds_network"] > 0
     # per-tile progress: 48x40 with 32-pixel tiles and 64 overlap -> several tiles, counted up to the total
     assert len(calls) > 1 and calls[-1][0] == calls[-1][1] == len(calls)
@@ -244,6 +245,24 @@ def test_realism_needs_gan_weights(app, rgb_png, tmp_path, monkeypatch):
     with pytest.raises(gr.Error, match="no GAN stage"):
         app.run(str(rgb_png), "none", realism=0.5)
     assert "fidelity only" in app.weights_banner()
+
+
+def test_auto_strength_uses_the_weights_estimator(app, rgb_png, tmp_path, monkeypatch):
+    from ganlib.models import EstimatorConfig, NoiseEstimator
+
+    folder = make_weights(tmp_path / "w", gan=False)
+    est = NoiseEstimator(EstimatorConfig(width=8))
+    with torch.no_grad():
+        est.out.weight.zero_()
+        est.out.bias.fill_(float(np.log(17 / 255 + NoiseEstimator.eps)))  # says sigma 17 everywhere
+    est.save_pretrained(folder / "estimator")
+    monkeypatch.setattr(app, "_weights", None)
+    monkeypatch.setenv("GANLIB_WEIGHTS", str(folder))
+    m = app.run(str(rgb_png), "gaussian", {"sigma": 40}, seed=0).metrics
+    assert m["sigma_estimated"] == pytest.approx(17, abs=1e-3) and m["sigma_used"] == m["sigma_estimated"]
+    assert m["sigma_estimator"] == "learned (estimator/)"
+    assert "learned noise-level estimator" in app.weights_banner()
+    assert app.run(str(rgb_png), "gaussian", {"sigma": 40}, seed=0, strength=30).metrics["sigma_used"] == 30  # manual wins
 
 
 def test_no_weights_gives_a_clear_error(app, rgb_png, tmp_path, monkeypatch):

@@ -225,6 +225,17 @@ def test_samples_are_pure_functions_of_seed_and_index(tmp_path: Path) -> None:
     assert not torch.equal(a[5][1], CropDataset(paths, 32, NoiseConfig(), seed=4)[5][1])
 
 
+def test_clean_samples_for_the_estimator(tmp_path: Path) -> None:
+    paths = list_images(make_photos(tmp_path, n=4), min_size=32)
+    base = CropDataset(paths, 32, NoiseConfig(), seed=3)
+    same = CropDataset(paths, 32, NoiseConfig(clean_prob=0.0), seed=3)
+    assert all(torch.equal(x, y) for i in range(5) for x, y in zip(base[i], same[i]))  # 0 leaves the stream as it was
+    half = CropDataset(paths, 32, NoiseConfig(clean_prob=0.5), seed=3)
+    clean = [torch.equal(c, n) and not s.any() for c, n, s in (half[i] for i in range(200))]
+    assert 70 < sum(clean) < 130  # about half: untouched pixels and an all-zero noise map
+    assert not any(torch.equal(c, n) for c, n, _ in (base[i] for i in range(50)))
+
+
 # --- one optimisation step ---------------------------------------------------------------------
 
 
@@ -482,7 +493,7 @@ def test_estimator_stage_learns_exports_and_loads_beside_the_generator(workspace
     losses = [float(r["loss_pix"]) for r in rows if r["loss_pix"]]
     assert len(losses) == 40 and sum(losses[-10:]) < 0.7 * sum(losses[:10])  # it learns
     metrics = json.loads((out / "final" / "metrics.json").read_text())
-    assert set(metrics) == {"err15", "err25", "err50", "err_camera", "err_camera_jpeg"}
+    assert set(metrics) == {"err15", "err25", "err50", "err_clean", "err_camera", "err_camera_jpeg"}
     assert all(math.isfinite(v) and v >= 0 for v in metrics.values())
     assert "estimates the noise level" in (out / "final" / "README.md").read_text()
     assert not (out / "val").exists()  # no image grid for the estimator

@@ -40,6 +40,7 @@ class NoiseConfig:
     jpeg_prob: float = 0.5  # camera noise followed by JPEG (quality 60-95)
     amount: tuple[float, float] = (0.005, 0.15)  # salt & pepper
     clip_prob: float = 0.5  # clip + round to 8 bits, as an uploaded photo is
+    clean_prob: float = 0.0  # samples left clean (noise level 0): the estimator must learn that clean photos exist
 
 
 def list_images(root: str | Path, min_size: int, channels: int = 3) -> list[Path]:
@@ -95,6 +96,8 @@ def _uniform(g: torch.Generator, lo: float, hi: float, log_scale: bool = False) 
 
 def sample_noise(clean: torch.Tensor, cfg: NoiseConfig, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Noisy version of a (C,H,W) clean crop and its (1,H,W) noise-level map (0-1 scale)."""
+    if cfg.clean_prob > 0 and float(torch.rand((), generator=g)) < cfg.clean_prob:  # no draw at 0: old streams unchanged
+        return clean.clone(), torch.zeros(1, *clean.shape[-2:])
     kinds, weights = zip(*cfg.mix.items())
     kind = kinds[int(torch.multinomial(torch.tensor(weights, dtype=torch.float), 1, generator=g))]
     if kind == "gaussian":

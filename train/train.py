@@ -191,7 +191,11 @@ def validate(model: Generator, images: list[torch.Tensor], sigmas: list[float], 
 
 
 # Validation noise for the estimator: what uploads look like (clipped, 8-bit), JPEG camera noise included.
-ESTIMATOR_CASES = {"camera": ("camera", {"peak": 30.0, "sigma": 4.0}), "camera_jpeg": ("camera", {"peak": 30.0, "sigma": 4.0, "quality": 80})}
+ESTIMATOR_CASES = {
+    "clean": ("gaussian", {"sigma": 0.0}),
+    "camera": ("camera", {"peak": 30.0, "sigma": 4.0}),
+    "camera_jpeg": ("camera", {"peak": 30.0, "sigma": 4.0, "quality": 80}),
+}
 
 
 def validate_estimator(model: NoiseEstimator, images: list[torch.Tensor], sigmas: list[float], seed: int) -> dict[str, float]:
