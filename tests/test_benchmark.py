@@ -191,3 +191,29 @@ def test_cards_get_one_fresh_benchmark_section(tmp_path: Path) -> None:
     assert "`python -m train.benchmark --data set-a`" in fid and "(test machine, ours in bfloat16)" in fid
     with pytest.raises(SystemExit):
         benchmark.parse_args(["--cards", str(tmp_path / "w")])  # --from missing
+
+
+def test_auto_check_compares_the_estimates_with_the_truth(setup: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import shutil
+
+    from ganlib.models import EstimatorConfig, NoiseEstimator
+
+    out = tmp_path / "auto.json"
+    assert benchmark.main(["--data", str(setup["data"]), "--auto-check", "--weights", str(setup["weights"]), "--output", str(out)]) == 2  # no estimator/
+    weights = tmp_path / "w"
+    shutil.copytree(setup["weights"], weights)
+    est = NoiseEstimator(EstimatorConfig(width=8))
+    with torch.no_grad():
+        est.out.weight.zero_()
+        est.out.bias.fill_(float(np.log(12 / 255 + NoiseEstimator.eps)))  # always says 12
+    est.save_pretrained(weights / "estimator")
+    assert benchmark.main(["--data", str(setup["data"]), "--auto-check", "--weights", str(weights), "--output", str(out)]) == 0
+    rows = {r["case"]: r for r in json.loads(out.read_text())["auto_check"]}
+    assert set(rows) == set(benchmark.AUTO_CASES) and all(r["images"] == 2 for r in rows.values())
+    assert rows["clean"]["true"] == 0 and rows["gaussian 25"]["true"] == pytest.approx(25)
+    assert all(r["learned"] == pytest.approx(12, abs=1e-3) for r in rows.values())
+    assert rows["gaussian 25"]["err_learned"] == pytest.approx(13, abs=1e-3)
+    assert 15 < rows["gaussian 25"]["wavelet"] < 35  # the wavelet estimate follows the noise
+    assert "| gaussian 25 | 25.00 |" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        benchmark.parse_args(["--auto-check"])

@@ -19,7 +19,9 @@ Ours runs at --precision (default auto, as the CLI and the demo: bfloat16 where 
 Other modes: --cards WEIGHTS_DIR --from RESULTS.json... (write the results into the model cards),
 --grid-real DIR --grid-out PNG (a visual grid on real noisy photos at the estimated
 noise level), --memory-check (a synthetic 6000x4000 photo through our tiled inference), --tune-nlm
-(choose NLM's filter strengths on training images; the results are the NLM_H constants below).
+(choose NLM's filter strengths on training images; the results are the NLM_H constants below),
+--auto-check (the automatic strength: the noise level estimated by the learned estimator and by the
+wavelet method, against the true level, and our PSNR at each, on photos with upload-like noise).
 CBM3D comes from the optional `bm3d` package (non-commercial license): benchmark-only.
 """
 
@@ -474,6 +476,61 @@ def tune_nlm(folder: str, sigmas: list[float], limit: int, crop: int = 192) -> d
     return best
 
 
+# --- automatic strength ------------------------------------------------------------------------
+
+# Upload-like noise (clipped and rounded to 8 bits): none, Gaussian, and camera noise with and without JPEG.
+AUTO_CASES = {
+    "clean": ("gaussian", {"sigma": 0.0}),
+    "gaussian 5": ("gaussian", {"sigma": 5.0}),
+    "gaussian 15": ("gaussian", {"sigma": 15.0}),
+    "gaussian 25": ("gaussian", {"sigma": 25.0}),
+    "gaussian 50": ("gaussian", {"sigma": 50.0}),
+    "camera (peak 30, read 4)": ("camera", {"peak": 30.0, "sigma": 4.0}),
+    "camera + JPEG 80": ("camera", {"peak": 30.0, "sigma": 4.0, "quality": 80}),
+    "camera + JPEG 70, dark (peak 20, read 6)": ("camera", {"peak": 20.0, "sigma": 6.0, "quality": 70}),
+    "camera + JPEG 90, bright (peak 100, read 2)": ("camera", {"peak": 100.0, "sigma": 2.0, "quality": 90}),
+}
+
+
+def auto_check(sets: list[str], limit: int | None, weights_source: str | None, tile: int, precision: str) -> list[dict]:
+    """Per case: the true noise level (mean of the generator's noise-level map), the wavelet and the
+    learned estimates, and the fidelity model's PSNR at the true level and at each estimate."""
+    from ganlib.hub import load_weights
+    from ganlib.noise import noise_std_map
+
+    weights = load_weights(weights_source)
+    if weights.estimator is None:
+        raise ValueError(f"{weights.source} has no estimator/ folder: nothing to compare the wavelet estimate with")
+    model = weights.fidelity
+    rows = []
+    for case, (kind, params) in AUTO_CASES.items():
+        acc: dict[str, list[float]] = {k: [] for k in ("true", "wavelet", "learned", "psnr_true", "psnr_wavelet", "psnr_learned")}
+        for folder in sets:
+            for i, path in enumerate(list_set(folder, limit)):
+                clean = load_rgb(path)
+                noisy = add_noise(clean, kind, seed=i, clip=True, quantize=True, **params)
+                levels = {"true": float(noise_std_map(clean, kind, **params).mean()) * 255,
+                          "wavelet": estimate_sigma(noisy), "learned": estimate_sigma(noisy, weights.estimator)}
+                for name, sigma in levels.items():
+                    acc[name].append(sigma)
+                    acc[f"psnr_{name}"].append(psnr(denoise(model, noisy, sigma, tile=tile, precision=precision), clean))
+        mean = {k: sum(v) / len(v) for k, v in acc.items()}
+        err = {k: sum(abs(a - t) for a, t in zip(acc[k], acc["true"])) / len(acc[k]) for k in ("wavelet", "learned")}
+        rows.append({"case": case, "kind": kind, "params": params, "images": len(acc["true"]), **mean,
+                     "err_wavelet": err["wavelet"], "err_learned": err["learned"]})
+        log.info("auto-check %s: true %.2f, wavelet %.2f, learned %.2f", case, mean["true"], mean["wavelet"], mean["learned"])
+    return rows
+
+
+def auto_markdown(rows: list[dict]) -> str:
+    lines = ["| noise (clipped, 8-bit) | true sigma | wavelet estimate (mean abs error) | learned estimate (mean abs error) "
+             "| PSNR at true sigma | PSNR at wavelet | PSNR at learned |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['case']} | {r['true']:.2f} | {r['wavelet']:.2f} ({r['err_wavelet']:.2f}) | {r['learned']:.2f} ({r['err_learned']:.2f}) "
+                     f"| {r['psnr_true']:.2f} | {r['psnr_wavelet']:.2f} | {r['psnr_learned']:.2f} |")
+    return "\n".join(lines)
+
+
 # --- command line ------------------------------------------------------------------------------
 
 
@@ -503,6 +560,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--grid-out", type=Path, default=Path("grid.png"))
     p.add_argument("--grid-crop", type=int, default=192, help="centre crop side of each grid cell")
     p.add_argument("--grid-methods", default="ours,ours-gan,cbm3d")
+    p.add_argument("--auto-check", action="store_true", help="with --data: the automatic strength (estimated vs true noise level, PSNR at each)")
     p.add_argument("--memory-check", action="store_true", help="peak memory of a 6000x4000 photo through our tiled inference")
     p.add_argument("--same-process", action="store_true", help="no worker processes (quick checks; peak memory then mixes methods)")
     p.add_argument("--tune-nlm", metavar="TRAIN_DIR", help="choose NLM strengths per sigma on training images and exit")
@@ -520,6 +578,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for m in args.methods:
         if m not in PEERS and realism_of(m) is None:
             p.error(f"unknown method {m!r}: use ours, ours-gan, ours@REALISM, cbm3d or nlm")
+    if args.auto_check and not args.data:
+        p.error("--auto-check needs --data FOLDER ...")
     if args.cards and not args.from_json:
         p.error("--cards needs --from RESULTS.json ...")
     if not (args.data or args.grid_real or args.memory_check or args.tune_nlm or args.cards):
@@ -550,7 +610,16 @@ def main(argv: list[str] | None = None) -> int:
     }
     result: dict = {"meta": meta, "results": []}
     runner = (lambda fn, *a: fn(*a)) if args.same_process else in_worker
-    if args.data:
+    if args.auto_check:
+        try:
+            rows = auto_check(args.data, args.limit, args.weights, args.tile, args.precision)
+        except ValueError as err:
+            log.error("%s", err)
+            return 2
+        result["auto_check"] = rows
+        result["markdown"] = auto_markdown(rows)
+        print(result["markdown"])
+    elif args.data:
         protocols = list(PROTOCOLS) if args.protocol == "both" else [args.protocol]
         if "cbm3d" in args.methods and importlib.util.find_spec("bm3d") is None:
             log.warning("leaving out cbm3d: the optional `bm3d` package is not installed (pip install -r requirements-dev.txt)")
