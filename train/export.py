@@ -39,7 +39,7 @@ Stage `{stage}`: {stage_text}
 - Data: `{data}` ({train_images} training images, {val_images} held back for validation; random
   crops, flips and 90-degree rotations). Never trained on the test sets.
 - Noise model: a mixture {mix}; gaussian sigma in {sigma} (0-255 scale); {clip_pct:.0f}% of samples
-  clipped and rounded to 8 bits as uploaded photos are. The generator sees the per-pixel noise level.
+  clipped and rounded to 8 bits as uploaded photos are{clean_note}. {map_note}
 - Runs, oldest first ({total_hours:.2f} hours in all; each run starts from the previous one's weights):
 {runs}
 
@@ -47,16 +47,26 @@ Stage `{stage}`: {stage_text}
 {metrics}
 
 ## Use
-```bash
-python -m ganlib denoise photo.jpg -o out/ --weights <this folder or repo id>
-```
+{use}
 
 ## Intended use and limitations
-Removing sensor noise and synthetic noise from photos. It does not restore blur or JPEG artefacts
+{limits}
+"""
+
+USE = """```bash
+python -m ganlib denoise photo.jpg -o out/ --weights <this folder or repo id>
+```"""
+LIMITS = """Removing sensor noise and synthetic noise from photos. It does not restore blur or JPEG artefacts
 beyond mild ones, and it was trained on natural photos (BSDS), so drawings, text and medical or
 scientific images are out of its domain. The GAN stage adds plausible texture that is not in the
-input: do not use it where exact detail matters (forensics, medicine, science).
-"""
+input: do not use it where exact detail matters (forensics, medicine, science)."""
+ESTIMATOR_USE = """Place this folder as `estimator/` beside `fidelity/` (and `gan/`) in a weights folder or repo; the CLI
+(`--sigma auto`, the default), the demo's automatic strength and `denoise_image(weights, image)` then
+take the noise level from it (the mean of its noise-level map) instead of the wavelet estimate."""
+ESTIMATOR_LIMITS = """Setting the strength of the ganlib denoiser on photos. It knows the noise kinds it was trained on
+(Gaussian, Poisson, speckle, salt and pepper, camera noise with and without JPEG); heavily processed real
+noise (strong phone noise reduction, film grain, scans) can read lower or higher than the strength that
+looks best: set the strength by hand then."""
 
 
 def device_name() -> str:
@@ -101,8 +111,14 @@ def model_card(cfg, metrics: dict[str, float], *, train_images: int, val_images:
         what = "A small CNN that estimates the noise level of a photo, to set the denoiser's strength automatically"
         stage_text = "trained to predict the generator's noise-level map (L1 on log noise levels) from the noisy image alone."
         val_text = "held-back training images; mean absolute error of the estimated level, 0-255 scale, noise clipped and rounded to 8 bits"
+    estimating = cfg.stage == "estimator"
+    clean_prob = getattr(cfg.noise, "clean_prob", 0.0)
     return CARD.format(
         what=what,
+        clean_note=f"; {100 * clean_prob:.0f}% left clean" if clean_prob else "",
+        map_note="The target is the per-pixel noise level." if estimating else "The generator sees the per-pixel noise level.",
+        use=ESTIMATOR_USE if estimating else USE,
+        limits=ESTIMATOR_LIMITS if estimating else LIMITS,
         val_text=val_text,
         dataset=Path(cfg.data).name or "custom",
         stage=cfg.stage,
