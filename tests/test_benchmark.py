@@ -105,6 +105,37 @@ def test_benchmark_table_json_and_plot(setup: dict[str, Path], tmp_path: Path, c
         assert im.format == "PNG" and im.width > 300
 
 
+def test_parallel_workers_keep_the_methods_order(setup: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    rc = benchmark.main(["--data", str(setup["data"]), "--sigmas", "25", "--methods", "ours,nlm,ours-gan", "--limit", "1",
+                         "--weights", str(setup["weights"]), "--threads", "1", "--jobs", "2", "--output", str(out)])
+    assert rc == 0
+    result = json.loads(out.read_text())
+    assert [r["method"] for r in result["results"]] == ["ours", "nlm", "ours-gan"]
+    assert "unfinished" not in result and not out.with_name("results.json.part").exists()
+    assert all(r["peak_mb"] is not None for r in result["results"])  # each in a worker of its own
+    with pytest.raises(SystemExit):
+        benchmark.parse_args(["--data", "d", "--jobs", "0"])
+
+
+def test_an_interrupted_run_keeps_the_finished_methods(setup: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = benchmark.run_method
+
+    def interrupted_at_ours(method: str, *rest):
+        if method == "ours":
+            raise KeyboardInterrupt
+        return real(method, *rest)
+
+    monkeypatch.setattr(benchmark, "run_method", interrupted_at_ours)
+    out = tmp_path / "results.json"
+    with pytest.raises(KeyboardInterrupt):
+        benchmark.main(["--data", str(setup["data"]), "--sigmas", "25", "--methods", "nlm,ours", "--limit", "1",
+                        "--weights", str(setup["weights"]), "--threads", "1", "--same-process", "--output", str(out)])
+    saved = json.loads(out.read_text())
+    assert [r["method"] for r in saved["results"]] == ["nlm"] and saved["unfinished"] == ["ours"]
+    assert saved["meta"]["command"].startswith("python -m train.benchmark")
+
+
 def test_real_grid_and_memory_check(setup: dict[str, Path], tmp_path: Path) -> None:
     grid = tmp_path / "grid.png"
     info = benchmark.real_grid(str(setup["data"]), grid, str(setup["weights"]), ["ours", "ours-gan"], crop=32, limit=None, tile=512)

@@ -8,7 +8,9 @@ magnitude of the result over the clean image's: 1 = as detailed, below 1 = smoot
 per megapixel of the denoising call alone, and the peak resident memory that denoising one image
 added to its process. Each method runs in a fresh worker process, so that the peak memory is that
 method's own (read from /proc/self/status VmHWM, reset before every image through
-/proc/self/clear_refs), and no method inherits another's caches or threads.
+/proc/self/clear_refs), and no method inherits another's caches or threads. `--jobs N` measures N
+methods at once (e.g. `--jobs 2 --threads 1` on two cores: CBM3D on one, the other methods on the
+other), and `--output` is rewritten as each method finishes, so a long run keeps what it measured.
 
 Protocols (noise seed = image index, 0, 1, 2, ... in sorted file order):
 - standard:  additive white Gaussian noise in floating point, no clipping (the literature's protocol)
@@ -265,11 +267,57 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+def worker_pool(jobs: int = 1) -> concurrent.futures.ProcessPoolExecutor:
+    """Up to `jobs` spawned workers, each used for one task only (a fresh process per method: its own
+    peak memory, no inherited caches or threads), stopped with the benchmark process."""
+    ctx = multiprocessing.get_context("spawn")
+    return concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_die_with_parent, max_tasks_per_child=1)
+
+
 def in_worker(fn, *args):
     """Run fn(*args) in a fresh spawned process and return its result."""
-    ctx = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=_die_with_parent) as pool:
+    with worker_pool() as pool:
         return pool.submit(fn, *args).result()
+
+
+def run_methods(args: argparse.Namespace, protocols: list[str], done) -> dict[str, list[dict]]:
+    """Records of every method in --methods, `args.jobs` methods at a time, each in a fresh worker
+    (in this process with --same-process). `done(records_by_method)` is called after each method
+    finishes, so that a long run keeps what it has measured. A method that cannot run on these
+    weights (e.g. ours-gan with fidelity-only weights) is left out with a warning."""
+    def params(method: str) -> tuple:
+        return (method, args.data, args.sigmas, protocols, args.limit, args.weights, args.tile, args.threads, args.precision)
+
+    finished: dict[str, list[dict]] = {}
+
+    def collect(method: str, get) -> None:
+        try:
+            finished[method] = get()
+        except ValueError as err:
+            log.warning("leaving out %s: %s", method, err)
+            return
+        log.info("%s done (%d of %d methods)", method, len(finished), len(args.methods))
+        done(finished)
+
+    if args.same_process:
+        for m in args.methods:
+            collect(m, lambda: run_method(*params(m)))
+        return finished
+    # The slowest peer first, so that the other workers go through the fast methods beside it.
+    order = sorted(args.methods, key=lambda m: m != "cbm3d")
+    with worker_pool(args.jobs) as pool:
+        futures = {pool.submit(run_method, *params(m)): m for m in order}
+        for future in concurrent.futures.as_completed(futures):
+            collect(futures[future], future.result)
+    return finished
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Write `data` to `path` atomically (a finished file or the previous one, never half of one)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".part")
+    tmp.write_text(json.dumps(data, indent=2))
+    tmp.replace(path)
 
 
 def memory_check(weights: str | None, tile: int, threads: int, precision: str = "auto", width: int = 6000, height: int = 4000) -> dict:
@@ -553,6 +601,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tile", type=int, default=512, help="our tile side (as the CLI)")
     p.add_argument("--precision", choices=PRECISIONS, default="auto", help="our precision (as the CLI; auto = bfloat16 where native)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch and OpenCV (0 = their defaults)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="methods measured at once, each in its own worker (e.g. 2 with --threads 1 on 2 cores: CBM3D on one, the rest on the other)")
     p.add_argument("--output", type=Path, help="results JSON")
     p.add_argument("--plot", type=Path, help="PNG: PSNR against seconds per megapixel")
     p.add_argument("--plot-sigma", type=float, default=None, help="sigma of the plot (default 25, else the middle one)")
@@ -578,6 +628,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for m in args.methods:
         if m not in PEERS and realism_of(m) is None:
             p.error(f"unknown method {m!r}: use ours, ours-gan, ours@REALISM, cbm3d or nlm")
+    if args.jobs < 1:
+        p.error(f"--jobs must be at least 1, got {args.jobs}")
     if args.auto_check and not args.data:
         p.error("--auto-check needs --data FOLDER ...")
     if args.cards and not args.from_json:
@@ -590,6 +642,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
+    if args.threads:  # this process's own work (--auto-check, --grid-real, --same-process); workers set theirs
+        torch.set_num_threads(args.threads)
     if args.tune_nlm:
         tune_nlm(args.tune_nlm, args.sigmas, args.limit or 4)
         return 0
@@ -624,13 +678,15 @@ def main(argv: list[str] | None = None) -> int:
         if "cbm3d" in args.methods and importlib.util.find_spec("bm3d") is None:
             log.warning("leaving out cbm3d: the optional `bm3d` package is not installed (pip install -r requirements-dev.txt)")
             args.methods.remove("cbm3d")
-        for method in args.methods:
-            try:
-                records = runner(run_method, method, args.data, args.sigmas, protocols, args.limit, args.weights, args.tile, args.threads, args.precision)
-            except ValueError as err:  # e.g. ours-gan with fidelity-only weights
-                log.warning("leaving out %s: %s", method, err)
-                continue
-            result["results"] += records
+
+        def ordered(by_method: dict[str, list[dict]]) -> list[dict]:  # the order of --methods, whatever finished first
+            return [r for m in args.methods for r in by_method.get(m, [])]
+
+        def save_partial(by_method: dict[str, list[dict]]) -> None:
+            if args.output:
+                write_json(args.output, {**result, "results": ordered(by_method), "unfinished": [m for m in args.methods if m not in by_method]})
+
+        result["results"] = ordered(run_methods(args, protocols, save_partial))
         table = markdown(result["results"])
         print(table)
         result["markdown"] = table
@@ -650,8 +706,7 @@ def main(argv: list[str] | None = None) -> int:
               f"({mem['sec_per_mp']:.3g} s/MP), peak RSS {mem['peak_rss_mb']:.0f} MB "
               f"(process before the image: {mem['rss_before_mb']:.0f} MB)")
     if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps(result, indent=2))
+        write_json(args.output, result)
         log.info("results written to %s", args.output)
     return 0
 
