@@ -174,19 +174,25 @@ def denoise(
         out = y if out is None else out.add_(y)  # one pass (no ensemble) costs no extra image-sized buffer
     if len(views) > 1:
         out /= len(views)
+    out.clamp_(0, 1)  # in place: `out` is this call's own buffer, and a 24 MP copy is 288 MB
     if channels != want:
-        out = out.mean(dim=1, keepdim=True) if channels == 1 else out.expand(-1, 3, -1, -1)
-    return out.clamp(0, 1).to(noisy.device)
+        out = out.mean(dim=1, keepdim=True) if channels == 1 else out.expand(-1, 3, -1, -1).contiguous()
+    return out.to(noisy.device)
 
 
 def _view(t: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
-    """One of the 8 flips/rotations of an NCHW tensor: rotate by k quarter turns, then mirror if flip."""
+    """One of the 8 flips/rotations of an NCHW tensor: rotate by k quarter turns, then mirror if flip.
+    The identity view is `t` itself: torch.rot90 by 0 would copy it (and materialize an expanded map)."""
+    if k % 4 == 0 and not flip:
+        return t
     t = torch.rot90(t, k, (2, 3))
     return t.flip(3) if flip else t
 
 
 def _unview(t: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
-    """The inverse of `_view`."""
+    """The inverse of `_view` (the identity view is `t` itself, as there)."""
+    if k % 4 == 0 and not flip:
+        return t
     return torch.rot90(t.flip(3) if flip else t, -k, (2, 3))
 
 

@@ -187,6 +187,18 @@ def test_ensemble_averages_the_eight_flips_and_rotations():
     assert (ens - single).abs().max() > 1e-3
 
 
+def test_a_single_pass_makes_no_image_sized_copies():
+    """The network gets the image itself and its output is what comes back (clamped in place): each
+    copy of a 24-megapixel photo would cost 288 MB."""
+    model, x = tiny(), noisy_image(40, 56)
+    seen = {}
+    model.register_forward_pre_hook(lambda m, args: seen.update(inp=args[0].data_ptr()))
+    model.register_forward_hook(lambda m, args, out: seen.update(out=out.data_ptr()))
+    out = denoise(model, x, 25.0, tile=None)
+    assert seen == {"inp": x.data_ptr(), "out": out.data_ptr()}
+    assert out.min() >= 0 and out.max() <= 1
+
+
 def constant_estimator(sigma: float) -> "NoiseEstimator":
     """A NoiseEstimator whose map is `sigma` (0-255 scale) everywhere."""
     from ganlib.models import EstimatorConfig, NoiseEstimator
