@@ -305,10 +305,13 @@ def run_methods(args: argparse.Namespace, protocols: list[str], done) -> dict[st
         return finished
     # The slowest peer first, so that the other workers go through the fast methods beside it.
     order = sorted(args.methods, key=lambda m: m != "cbm3d")
-    with worker_pool(args.jobs) as pool:
+    pool = worker_pool(args.jobs)
+    try:
         futures = {pool.submit(run_method, *params(m)): m for m in order}
         for future in concurrent.futures.as_completed(futures):
             collect(futures[future], future.result)
+    finally:  # on an error, do not wait for the other methods (their workers stop when this process ends)
+        pool.shutdown(wait=False, cancel_futures=True)
     return finished
 
 
