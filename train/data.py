@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from ganlib.camera import camera_noise_std_map, sample_camera_params, simulate_camera
 from ganlib.images import to_tensor
 from ganlib.noise import add_noise, noise_std_map
 
@@ -41,6 +42,14 @@ class NoiseConfig:
     amount: tuple[float, float] = (0.005, 0.15)  # salt & pepper
     clip_prob: float = 0.5  # clip + round to 8 bits, as an uploaded photo is
     clean_prob: float = 0.0  # samples left clean (noise level 0): the estimator must learn that clean photos exist
+    # "real" in `mix`: the unprocessing camera pipeline of ganlib.camera (demosaicing, colour matrix,
+    # tone curve, JPEG); the target is that camera's noise-free rendering.
+    real_jpeg_prob: float = 0.5
+    real_shot: tuple[float, float] = (1e-4, 1.2e-2)  # shot-noise range (Brooks et al. 2019)
+    gray_prob: float = 0.0  # samples turned to gray (luma in all 3 channels) with channel-identical noise
+    over_prob: float = 0.0  # samples whose noise-level map overstates the noise (x U(1, over_scale) + U(0, over_add))
+    over_scale: float = 2.0
+    over_add: float = 40.0  # 0-255 scale
 
 
 def list_images(root: str | Path, min_size: int, channels: int = 3) -> list[Path]:
@@ -77,10 +86,34 @@ def list_images(root: str | Path, min_size: int, channels: int = 3) -> list[Path
     return kept
 
 
+def list_folders(roots: str, min_size: int, channels: int = 3) -> list[Path]:
+    """`list_images` over one folder or several separated by commas ("a,b")."""
+    paths: list[Path] = []
+    for root in [r.strip() for r in str(roots).split(",") if r.strip()]:
+        paths += list_images(root, min_size, channels)
+    return paths
+
+
+def auto_val_count(n: int) -> int:
+    """Default validation hold-out: 8% of the images (at least 1, at most 300), leaving at least one
+    image to train on; 0 when the folder has a single image (validation then reuses it)."""
+    if n < 2:
+        return 0
+    return max(1, min(300, round(0.08 * n), n - 1))
+
+
 def split(paths: list[Path], val_count: int, seed: int) -> tuple[list[Path], list[Path]]:
-    """Reproducible train/validation split of one folder."""
+    """Reproducible train/validation split of one folder. val_count 0 = `auto_val_count`."""
+    if val_count == 0:
+        val_count = auto_val_count(len(paths))
+        if val_count == 0:
+            log.warning("only %d image: training and validating on it (add images for a real validation)", len(paths))
+            return list(paths), list(paths)
+        log.info("holding back %d of %d images for validation (--val-count to change)", val_count, len(paths))
     if not 0 < val_count < len(paths):
-        raise ValueError(f"cannot hold back {val_count} of {len(paths)} images for validation")
+        raise ValueError(
+            f"cannot hold back {val_count} of {len(paths)} images for validation: use --val-count below {len(paths)} "
+            f"(0 = automatic, {auto_val_count(len(paths))} here) or --val-data with a separate folder")
     order = np.random.default_rng(seed).permutation(len(paths))
     val = sorted(paths[i] for i in order[:val_count])
     train = sorted(paths[i] for i in order[val_count:])
@@ -94,12 +127,30 @@ def _uniform(g: torch.Generator, lo: float, hi: float, log_scale: bool = False) 
     return lo + u * (hi - lo)
 
 
-def sample_noise(clean: torch.Tensor, cfg: NoiseConfig, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Noisy version of a (C,H,W) clean crop and its (1,H,W) noise-level map (0-1 scale)."""
+def _gray(clean: torch.Tensor) -> torch.Tensor:
+    """Luma (ITU-R BT.601) of a (3,H,W) crop, in all three channels."""
+    y = (clean * torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)).sum(0, keepdim=True)
+    return y.expand_as(clean).contiguous()
+
+
+def sample_noise(clean: torch.Tensor, cfg: NoiseConfig, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(target, noisy, noise-level map) for a (C,H,W) clean crop: the map is (1,H,W), 0-1 scale.
+
+    The target is the crop itself, except for "real" camera noise (its noise-free rendering) and for
+    gray samples (the crop's luma in every channel, with the same noise in every channel)."""
     if cfg.clean_prob > 0 and float(torch.rand((), generator=g)) < cfg.clean_prob:  # no draw at 0: old streams unchanged
-        return clean.clone(), torch.zeros(1, *clean.shape[-2:])
+        return clean, clean.clone(), _overstate(torch.zeros(1, *clean.shape[-2:]), cfg, g)
+    if cfg.gray_prob > 0 and clean.shape[0] == 3 and float(torch.rand((), generator=g)) < cfg.gray_prob:
+        gray = _gray(clean)[:1]
+        target, noisy, smap = sample_noise(gray, _no_real(cfg), g)
+        return target.expand(3, -1, -1).contiguous(), noisy.expand(3, -1, -1).contiguous(), smap
     kinds, weights = zip(*cfg.mix.items())
     kind = kinds[int(torch.multinomial(torch.tensor(weights, dtype=torch.float), 1, generator=g))]
+    if kind == "real":
+        params = sample_camera_params(g, jpeg_prob=cfg.real_jpeg_prob, shot_range=tuple(cfg.real_shot))
+        noisy, target = simulate_camera(clean, params, generator=g)
+        smap = camera_noise_std_map(clean, params, seed=int(torch.randint(2**31, (), generator=g)), draws=3)
+        return target, noisy, _overstate(smap, cfg, g)
     if kind == "gaussian":
         params = {"sigma": _uniform(g, *cfg.sigma)}
     elif kind == "poisson":
@@ -114,7 +165,23 @@ def sample_noise(clean: torch.Tensor, cfg: NoiseConfig, g: torch.Generator) -> t
             params["quality"] = int(_uniform(g, 60, 95))
     clipped = float(torch.rand((), generator=g)) < cfg.clip_prob
     noisy = add_noise(clean, kind, generator=g, clip=clipped, quantize=clipped, **params)
-    return noisy, noise_std_map(clean, kind, **params)
+    return clean, noisy, _overstate(noise_std_map(clean, kind, **params), cfg, g)
+
+
+def _no_real(cfg: NoiseConfig) -> NoiseConfig:
+    """The mixture without the colour-only "real" camera kind and without a second gray draw."""
+    from dataclasses import replace
+
+    mix = {k: v for k, v in cfg.mix.items() if k != "real"} or {"gaussian": 1.0}
+    return replace(cfg, mix=mix, gray_prob=0.0, clean_prob=0.0)
+
+
+def _overstate(smap: torch.Tensor, cfg: NoiseConfig, g: torch.Generator) -> torch.Tensor:
+    """With probability over_prob, a map stronger than the noise: a denoiser told too much must still
+    keep brightness and colour (users set strength by hand, estimates run high)."""
+    if cfg.over_prob <= 0 or float(torch.rand((), generator=g)) >= cfg.over_prob:
+        return smap
+    return smap * _uniform(g, 1.0, cfg.over_scale) + _uniform(g, 0.0, cfg.over_add) / 255.0
 
 
 class CropDataset(torch.utils.data.Dataset):
@@ -135,6 +202,7 @@ class CropDataset(torch.utils.data.Dataset):
         return 2**62  # infinite stream; the sampler decides which indices are drawn
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(target, noisy, noise-level map) of sample `index`."""
         state = np.random.SeedSequence([self.seed, int(index)]).generate_state(2)
         g = torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
         i = int(torch.randint(len(self.paths), (), generator=g))
@@ -148,8 +216,7 @@ class CropDataset(torch.utils.data.Dataset):
         if flip:
             crop = crop.flip(2)
         crop = crop.contiguous()
-        noisy, smap = sample_noise(crop, self.noise, g)
-        return crop, noisy, smap
+        return sample_noise(crop, self.noise, g)
 
 
 def load_validation(paths: list[Path], max_side: int | None = None) -> list[torch.Tensor]:

@@ -36,7 +36,7 @@ from ganlib.models import Discriminator, DiscriminatorConfig, EstimatorConfig, G
 from ganlib.noise import add_noise, noise_std_map
 
 from .checkpoint import load_state, save_state
-from .data import CropDataset, NoiseConfig, list_images, load_validation, split
+from .data import CropDataset, NoiseConfig, list_folders, list_images, load_validation, split
 
 log = logging.getLogger("train")
 STAGES = ("fidelity", "gan", "estimator")
@@ -44,7 +44,7 @@ STAGES = ("fidelity", "gan", "estimator")
 
 @dataclass
 class TrainConfig:
-    data: str = ""  # folder of clean training photos (recursive)
+    data: str = ""  # folder(s) of clean training photos (recursive; several separated by commas)
     val_data: str = ""  # separate validation folder; empty = hold back val_count images of `data`
     output_dir: str = "runs/default"
     stage: str = "fidelity"  # fidelity | gan | estimator
@@ -53,7 +53,9 @@ class TrainConfig:
     crop: int = 256  # random crop side
     min_size: int = 256  # images with a side below this are skipped
     channels: int = 3
-    val_count: int = 300
+    val_count: int = 0  # images of `data` held back for validation; 0 = automatic (8%, at most 300)
+    val_real: str = ""  # folder of real noisy photos with ground truth (*_real.png + *_mean.png), validated only
+    val_estimator: str = ""  # noise-level estimator folder for the val_real strength (empty = wavelet estimate)
     val_max_side: int = 0  # centre-crop validation images to this side (0 = full images)
     val_sigmas: list[float] = field(default_factory=lambda: [15.0, 25.0, 50.0])
     batch_size: int = 16
@@ -171,6 +173,32 @@ def gan_losses(kind: str, real: torch.Tensor, fake: torch.Tensor) -> tuple[torch
         g_loss = (d(rf, torch.zeros_like(rf)) + d(fr, torch.ones_like(fr))) / 2
         return d_loss, g_loss
     raise ValueError(f"gan_loss must be hinge or relativistic, not {kind!r}")
+
+
+def load_real_pairs(folder: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(noisy, ground truth) pairs of a real-noise folder: each `*_real.png` beside its `*_mean.png`."""
+    from ganlib.images import load_image
+
+    pairs = []
+    for noisy_path in sorted(Path(folder).glob("*_real.png")):
+        mean_path = noisy_path.with_name(noisy_path.name.replace("_real.png", "_mean.png"))
+        if mean_path.exists():
+            pairs.append((load_image(noisy_path).pixels, load_image(mean_path).pixels))
+    if not pairs:
+        raise ValueError(f"no *_real.png / *_mean.png pairs in {folder}")
+    return pairs
+
+
+def validate_real(model: Generator, pairs: list[tuple[torch.Tensor, torch.Tensor]], estimator: NoiseEstimator | None) -> dict[str, float]:
+    """Mean PSNR/SSIM on real noise at the automatic strength (never trained on)."""
+    model.eval()
+    ps, ss = [], []
+    for noisy, clean in pairs:
+        den = denoise(model, noisy, estimate_sigma(noisy, estimator))
+        ps.append(psnr(den, clean))
+        ss.append(ssim(den, clean))
+    model.train()
+    return {"psnr_real": sum(ps) / len(ps), "ssim_real": sum(ss) / len(ss)}
 
 
 def validate(model: Generator, images: list[torch.Tensor], sigmas: list[float], seed: int) -> dict[str, float]:
@@ -337,12 +365,14 @@ def _run(cfg: TrainConfig, resume: bool) -> Path:
     out = Path(cfg.output_dir)
     ckpt_dir = out / "checkpoint"
 
-    paths = list_images(cfg.data, cfg.min_size, cfg.channels)
+    paths = list_folders(cfg.data, cfg.min_size, cfg.channels)
     if cfg.val_data:
         train_paths, val_paths = paths, list_images(cfg.val_data, 1, cfg.channels)
     else:
         train_paths, val_paths = split(paths, cfg.val_count, cfg.seed)
     val_images = load_validation(val_paths, cfg.val_max_side or None)
+    real_pairs = load_real_pairs(cfg.val_real) if cfg.val_real and cfg.stage != "estimator" else None
+    val_estimator = NoiseEstimator.from_pretrained(cfg.val_estimator).eval() if cfg.val_estimator else None
     dataset = CropDataset(train_paths, cfg.crop, cfg.noise, cfg.seed)
 
     estimating = cfg.stage == "estimator"
@@ -462,6 +492,8 @@ def _run(cfg: TrainConfig, resume: bool) -> Path:
             log_file.flush()
         if main and (step % cfg.val_every == 0 or step == cfg.max_steps):
             metrics = run_validation(cfg, ema, val_images)
+            if real_pairs:
+                metrics.update(validate_real(ema, real_pairs, val_estimator))
             if not estimating:
                 save_grid(ema, val_images, cfg.val_sigmas[len(cfg.val_sigmas) // 2], 10_000, out / "val" / f"step{step:07d}.png")
             writer.writerow([step, f"{time.time():.0f}", "", "", "", "", json.dumps(metrics)])
