@@ -366,3 +366,71 @@ def test_property_float_roundtrip_within_16bit_precision(h, w, c, seed):
     back = load_image(encode_png(load_image(arr)))
     assert back.bit_depth == 16 and back.pixels.shape == (1, c, h, w)
     np.testing.assert_allclose(back.pixels[0].permute(1, 2, 0).numpy(), arr, atol=0.5 / 65535 + 1e-7)
+
+
+# ----------------------------------------------------------------------------- EXIF, compression, memory
+
+
+def camera_exif(orientation: int) -> Image.Exif:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    exif[0x010F] = "ACME"  # Make
+    exif[0x0132] = "2024:05:01 12:00:00"  # DateTime
+    return exif
+
+
+@pytest.mark.parametrize("bit_depth", [8, 16])
+def test_exif_kept_with_orientation_reset(tmp_path, bit_depth):
+    """Camera and date survive load -> save; the orientation tag says 1 because the pixels are upright."""
+    a = rand((20, 40, 3))
+    a[:, :20] = 255
+    if bit_depth == 8:
+        Image.fromarray(a).save(tmp_path / "o.jpg", exif=camera_exif(6), quality=95)
+        src = tmp_path / "o.jpg"
+    else:
+        png = png16_cv2(a.astype(np.uint16) * 257)
+        exif = camera_exif(6).tobytes()
+        chunk = struct.pack(">I", len(exif) - 6) + b"eXIf" + exif[6:] + struct.pack(">I", zlib.crc32(b"eXIf" + exif[6:]))
+        src = tmp_path / "o.png"
+        src.write_bytes(png[:33] + chunk + png[33:])
+    data = load_image(src)
+    assert data.bit_depth == bit_depth and data.pixels.shape[-2:] == (40, 20)  # rotated upright
+    out = save_image(data.with_pixels(data.pixels * 0.5), tmp_path / "out.png")  # with_pixels keeps the EXIF
+    back = read_pil(out).getexif()
+    assert back[0x010F] == "ACME" and back[0x0132] == "2024:05:01 12:00:00" and back[0x0112] == 1
+    again = load_image(out)  # orientation 1: not rotated a second time
+    assert again.pixels.shape[-2:] == (40, 20) and again.exif is not None
+
+
+def test_no_exif_stays_none(tmp_path):
+    Image.fromarray(rand((5, 6, 3))).save(tmp_path / "p.png")
+    data = load_image(tmp_path / "p.png")
+    assert data.exif is None
+    assert not read_pil(save_image(data, tmp_path / "q.png")).getexif()
+
+
+@pytest.mark.parametrize("bit_depth,channels", [(8, 3), (8, 1), (16, 3)])
+def test_every_compress_level_is_lossless(bit_depth, channels):
+    dtype = np.uint16 if bit_depth == 16 else np.uint8
+    y, x = np.mgrid[0:64, 0:80]
+    arr = np.stack([(x * 3 + y) % 256, (x * y) % 256, (y * 4) % 256], -1)[..., :channels].astype(dtype)  # compressible
+    data = load_image(arr[..., 0] if channels == 1 else arr)
+    sizes = {}
+    for level in (0, 1, 9):
+        blob = encode_png(data, compress_level=level)
+        sizes[level] = len(blob)
+        exact(load_image(blob), arr[..., 0] if channels == 1 else arr)
+    assert sizes[0] > sizes[1] >= sizes[9]
+    with pytest.raises(ImageError, match="compress_level"):
+        encode_png(data, compress_level=10)
+
+
+def test_blockwise_conversion_matches_the_plain_formula():
+    """to_numpy works in blocks of rows: more rows than a block, odd values, NaN, out of range."""
+    t = torch.rand(1, 3, 1300, 5) * 1.2 - 0.1
+    t[0, 1, 700, 2] = float("nan")
+    plain = (torch.nan_to_num(t[0], nan=0.0).clamp(0, 1).permute(1, 2, 0).numpy() * 255.0 + 0.5).astype(np.uint8)
+    np.testing.assert_array_equal(to_numpy(t), plain)
+    np.testing.assert_array_equal(to_numpy(to_tensor(plain)), plain)
+    g16 = rand((1100, 3), np.uint16)
+    np.testing.assert_array_equal(to_numpy(to_tensor(g16), np.uint16), g16)
