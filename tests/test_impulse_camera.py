@@ -1,0 +1,131 @@
+"""Impulse removal (switching median), the camera pipeline, informed maps and the blind noise-level map."""
+
+import numpy as np
+import pytest
+import torch
+
+from ganlib.camera import camera_noise_std_map, sample_camera_params, simulate_camera
+from ganlib.impulse import impulse_mask, remove_impulses
+from ganlib.inference import estimate_noise_map
+from ganlib.metrics import psnr
+from ganlib.models import EstimatorConfig, NoiseEstimator
+from ganlib.noise import add_noise, informed_noise_map, noise_std_map
+
+
+def textured(h: int = 96, w: int = 128, seed: int = 0) -> torch.Tensor:
+    """Smooth waves plus fine texture, in [0.1, 0.9]: no value near the extremes."""
+    g = torch.Generator().manual_seed(seed)
+    y, x = torch.meshgrid(torch.linspace(0, 1, h), torch.linspace(0, 1, w), indexing="ij")
+    base = torch.stack([0.5 + 0.25 * torch.sin(2 * np.pi * (x * (k + 1) + y)) for k in range(3)])[None]
+    return (base + 0.05 * torch.rand(1, 3, h, w, generator=g)).clamp(0.1, 0.9)
+
+
+@pytest.mark.parametrize("whole_pixel", [False, True])
+@pytest.mark.parametrize("amount", [0.01, 0.2, 0.5])
+def test_switching_median_finds_every_impulse_and_keeps_the_rest(amount: float, whole_pixel: bool) -> None:
+    clean = textured()
+    noisy = add_noise(clean, "salt_pepper", seed=1, amount=amount, whole_pixel=whole_pixel, quantize=True)
+    hit = (noisy != (clean * 255).round() / 255)
+    mask = impulse_mask(noisy)
+    assert not (mask & ~hit).any()  # the texture never reaches 0 or 1: no false alarm
+    recall = float((mask & hit).sum() / hit.sum())
+    assert recall == 1.0 if amount <= 0.2 else recall > 0.995  # at half the pixels, rare clusters look saturated
+    out = remove_impulses(noisy)
+    assert torch.equal(out[~mask], noisy[~mask])  # undamaged pixels are kept exactly
+    assert psnr(out, clean) > psnr(noisy, clean) + 15
+    if whole_pixel:
+        assert torch.equal(hit[:, 0], hit[:, 1]) and torch.equal(hit[:, 1], hit[:, 2])
+
+
+def test_saturated_areas_are_not_impulses() -> None:
+    clean = textured()
+    clean[..., 20:60, 30:90] = 1.0  # a white sky
+    clean[..., 70:, :40] = 0.0  # a black background
+    assert not impulse_mask(clean).any()
+    assert torch.equal(remove_impulses(clean), clean)
+
+
+def test_whole_pixel_parameter_is_checked() -> None:
+    with pytest.raises(ValueError, match="whole_pixel"):
+        add_noise(textured(), "salt_pepper", seed=0, whole_pixel="yes")
+
+
+def test_informed_map_is_the_std_map_on_the_255_scale() -> None:
+    clean = textured()
+    m = informed_noise_map(clean, "poisson", peak=20)
+    assert m.shape == (1, 1, 96, 128)
+    assert torch.allclose(m, noise_std_map(clean, "poisson", peak=20) * 255)
+    noisy = add_noise(clean, "poisson", seed=0, peak=20)
+    measured = float((noisy - clean).std()) * 255
+    assert abs(measured - float(m.pow(2).mean().sqrt())) < 0.1 * measured
+
+
+def test_camera_pipeline_is_seeded_and_its_map_measures_the_noise() -> None:
+    clean = textured(64, 80)
+    params = sample_camera_params(torch.Generator().manual_seed(3), jpeg_prob=0.0)
+    a, ref = simulate_camera(clean, params, seed=5)
+    b, ref2 = simulate_camera(clean, params, seed=5)
+    assert torch.equal(a, b) and torch.equal(ref, ref2)
+    assert not torch.equal(a, simulate_camera(clean, params, seed=6)[0])
+    assert a.shape == ref.shape == clean.shape and 0 <= a.min() and a.max() <= 1
+    assert torch.equal(a, (a * 255).round() / 255)  # 8-bit output
+    assert psnr(ref, clean) > 25  # the noise-free rendering keeps the photo
+    smap = camera_noise_std_map(clean, params, seed=0, draws=8)
+    measured = float((a - ref).pow(2).mean().sqrt())
+    assert smap.shape == (1, 1, 64, 80)
+    assert abs(float(smap.pow(2).mean().sqrt()) - measured) < 0.15 * measured
+    # noise correlated across channels by the colour matrix, unlike independent noise
+    d = (a - ref)[0].reshape(3, -1)
+    assert abs(float(torch.corrcoef(d)[0, 1])) > 0.05
+    with pytest.raises(ValueError, match="seed"):
+        simulate_camera(clean, params)
+    with pytest.raises(ValueError, match="RGB"):
+        simulate_camera(clean[:, :1], params, seed=0)
+
+
+def test_shot_and_read_noise_are_drawn_jointly() -> None:
+    g = torch.Generator().manual_seed(0)
+    cams = [sample_camera_params(g) for _ in range(200)]
+    shot, read = np.log([c.shot for c in cams]), np.log([c.read for c in cams])
+    assert np.corrcoef(shot, read)[0, 1] > 0.9  # log read = 2.18 log shot + 1.2 + N(0, 0.26)
+    assert 1e-4 <= min(c.shot for c in cams) and max(c.shot for c in cams) <= 1.2e-2
+
+
+class _Const(NoiseEstimator):
+    """An estimator that reads the noise level as the local brightness x 40/255 (a known function)."""
+
+    def __init__(self) -> None:
+        super().__init__(EstimatorConfig(width=4))
+
+    def log_sigma(self, noisy: torch.Tensor) -> torch.Tensor:
+        return torch.log(torch.nn.functional.avg_pool2d(noisy.mean(1, keepdim=True), 4) * 40 / 255 + self.eps)
+
+
+def test_blind_map_ignores_flat_saturated_and_transparent_areas() -> None:
+    est = _Const().eval()
+    photo = textured(64, 64)
+    _, alone = estimate_noise_map(photo, est)
+    framed = torch.ones(1, 3, 184, 184)  # a pure white border
+    framed[..., 60:124, 60:124] = photo
+    _, with_border = estimate_noise_map(framed, est)
+    assert abs(with_border - alone) < 0.1 * alone
+    grey = torch.full((1, 3, 184, 184), 0.3)  # a flat gray surround behind a transparent alpha
+    grey[..., 60:124, 60:124] = photo
+    alpha = torch.zeros(1, 1, 184, 184)
+    alpha[..., 60:124, 60:124] = 1
+    assert abs(estimate_noise_map(grey + 0.05 * torch.rand(1, 3, 184, 184), est, alpha=alpha)[1] - alone) < 0.15 * alone
+    flat_map, flat = estimate_noise_map(torch.full((1, 3, 40, 3000), 0.5), est)
+    assert flat == 0 and flat_map.abs().max() == 0  # flat images are noise-free
+    tiny_map, tiny = estimate_noise_map(torch.rand(1, 3, 1, 1), est)
+    assert tiny == 0 and tiny_map.shape == (1, 1, 1, 1)
+
+
+def test_blind_map_follows_brightness() -> None:
+    est = _Const().eval()
+    x = torch.linspace(0.05, 0.95, 256).expand(1, 3, 128, 256).contiguous()
+    x = x + 0.02 * torch.rand(x.shape, generator=torch.Generator().manual_seed(0))
+    smap, sigma = estimate_noise_map(x, est)
+    assert smap.shape == (1, 1, 128, 256)
+    left, right = float(smap[..., 10:20].mean()), float(smap[..., -20:-10].mean())
+    assert right > 3 * left  # the noise-level function rises with brightness as the estimator says
+    assert abs(float(smap.mean()) - sigma) < 0.1 * sigma
