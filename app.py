@@ -1,13 +1,24 @@
-"""The Gradio demo: add noise to a photo (or bring a noisy one), denoise it, compare, download.
+"""The Gradio demo: a photo fixer and a noise lab on one page.
 
-A thin UI over ganlib: weights come from `ganlib.hub.load_weights()` (env GANLIB_WEIGHTS / GANLIB_REVISION,
-falling back to the bundled checkpoints/), images are read and written by `ganlib.images` (lossless PNG,
-16-bit, grayscale and alpha kept), denoising is `ganlib.inference.denoise_image` (tiled, any size).
+- "Denoise my photo" (the default): nothing is added; the noise level is estimated from the upload (or set
+  by hand) and the photo is denoised at full resolution.
+- "Noise lab": synthetic noise of a chosen kind is added to a clean photo, the network is told the exact
+  noise-level map of that noise ("informed"), and PSNR/SSIM against the clean photo are shown; one click
+  compares all five kinds on the same photo (a labelled centre crop of large photos).
 
-Run: `python app.py` (serves on localhost; port from GRADIO_SERVER_PORT, default 7860).
+Every result shows the noise-level map that conditioned the network (heat map, 0-255 scale) and the
+removed residual (noisy minus denoised, amplified). A thin UI over ganlib: weights from
+`ganlib.hub.load_weights()` (env GANLIB_WEIGHTS / GANLIB_REVISION, else the bundled checkpoints/), images
+through `ganlib.images` (lossless PNG; 16-bit, grayscale, alpha, ICC and EXIF kept), denoising through
+`ganlib.inference.restore` (tiled, any size).
+
+Run: `.venv/bin/python app.py` (serves on localhost; port from GRADIO_SERVER_PORT, default 7860).
 Settings (environment): GANLIB_MAX_PIXELS (default 16 000 000), GANLIB_MAX_FILE_MB (upload limit, 50),
-GANLIB_QUEUE_SIZE (waiting requests, 16), GANLIB_CONCURRENCY (requests run at once, 1), GANLIB_TILE (512).
-API: one endpoint, `/denoise(image, noise_kind, noise_level, seed, strength, realism, ensemble) -> (png file, metrics)`.
+GANLIB_QUEUE_SIZE (waiting requests, 16), GANLIB_CONCURRENCY (requests run at once, 1), GANLIB_TILE (512),
+GANLIB_PRECISION (auto).
+API: `/denoise(image, noise_kind, sigma, peak, amount, salt_ratio, whole_pixel, speckle_sigma, camera_peak,
+camera_read, camera_quality, seed, informed, strength, realism, ensemble) -> (png file, metrics)` and
+`/compare_kinds(image, seed) -> (table, gallery)`; see the README.
 """
 
 from __future__ import annotations
@@ -22,18 +33,29 @@ import shutil
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, Callable
 
 import gradio as gr
+import numpy as np
 import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw, ImageFont
 
+from ganlib import inference as _inference
+from ganlib import noise as _noise
 from ganlib.hub import Weights, load_weights
-from ganlib.images import ImageData, ImageError, load_image, save_image
+from ganlib.images import ImageData, ImageError, load_image, save_image, to_numpy
 from ganlib.inference import denoise_image, estimate_sigma, resolve_precision
-from ganlib.metrics import psnr, ssim
 from ganlib.noise import DEFAULTS, KINDS, add_noise
+
+try:  # the comparison helpers of the library (compare_kinds, crop_for_compare)
+    from ganlib import compare as _compare
+except ImportError:  # an older ganlib: the demo's own fallback below
+    _compare = None
 
 try:  # Hugging Face ZeroGPU: present on Spaces only; a plain CPU run never needs it
     import spaces
@@ -53,11 +75,36 @@ PRECISION = os.environ.get("GANLIB_PRECISION", "auto")  # auto: bfloat16 where t
 resolve_precision(PRECISION)  # a bad GANLIB_PRECISION stops the app at start, with the accepted values
 OUTPUT_ROOT = Path(tempfile.gettempdir()) / "ganlib-demo-outputs"
 OUTPUT_MAX_AGE_S = 3600
+PNG_LEVEL = 1  # zlib level of every PNG the demo writes: lossless, several times faster than the default 6
+VIEW_MAX_SIDE = 1024  # the noise-level map is shown at most this large (it is smooth)
+RESIDUAL_MAX_SIDE = 1024  # larger photos show the residual of a labelled centre crop at full resolution
+COMPARE_MAX_SIDE = 512  # /compare_kinds works on a labelled centre crop of larger photos
 
+MODES = ("Denoise my photo", "Noise lab")
 NOISE_KINDS = ("none", *KINDS)
-# The API's single `noise_level` is the main parameter of each kind (the others keep their defaults).
-LEVEL_PARAM = {"gaussian": "sigma", "poisson": "peak", "salt_pepper": "amount", "speckle": "sigma", "camera": "peak"}
-LEVEL_HELP = "gaussian: sigma 0-255; poisson: peak photons (lower = noisier); salt_pepper: amount 0-1; speckle: sigma; camera: peak photons"
+HAS_WHOLE_PIXEL = "whole_pixel" in DEFAULTS["salt_pepper"]
+
+# One name per setting, shared by the UI, the /denoise API and the README; defaults from ganlib.noise.DEFAULTS.
+LAB_DEFAULTS: dict[str, Any] = {
+    "sigma": float(DEFAULTS["gaussian"]["sigma"]),
+    "peak": float(DEFAULTS["poisson"]["peak"]),
+    "amount": float(DEFAULTS["salt_pepper"]["amount"]),
+    "salt_ratio": float(DEFAULTS["salt_pepper"]["salt_ratio"]),
+    "whole_pixel": bool(DEFAULTS["salt_pepper"].get("whole_pixel", False)),
+    "speckle_sigma": float(DEFAULTS["speckle"]["sigma"]),
+    "camera_peak": float(DEFAULTS["camera"]["peak"]),
+    "camera_read": float(DEFAULTS["camera"]["sigma"]),
+    "camera_quality": int(DEFAULTS["camera"]["quality"] or 0),  # 0 = no JPEG
+}
+# Which setting feeds which parameter of ganlib.noise.add_noise, per kind.
+KIND_SETTINGS: dict[str, dict[str, str]] = {
+    "gaussian": {"sigma": "sigma"},
+    "poisson": {"peak": "peak"},
+    "salt_pepper": {"amount": "amount", "salt_ratio": "salt_ratio", **({"whole_pixel": "whole_pixel"} if HAS_WHOLE_PIXEL else {})},
+    "speckle": {"speckle_sigma": "sigma"},
+    "camera": {"camera_peak": "peak", "camera_read": "sigma", "camera_quality": "quality"},
+}
+SETTING_NAMES = tuple(LAB_DEFAULTS)
 
 
 # ----------------------------------------------------------------------------- weights
@@ -93,6 +140,44 @@ def weights_banner() -> str:
     return f"**Weights in use:** `{w.source}` - {gan}; auto strength: {auto}"
 
 
+# ----------------------------------------------------------------------------- library calls (with fallbacks)
+
+
+def _lib_restore(weights: Weights, image: ImageData, *, sigma: float | torch.Tensor | None, impulses: bool | None,
+                 realism: float, progress: Callable[[int, int], None] | None, ensemble: bool) -> Any:
+    """`ganlib.inference.restore` (denoised image, noise-level map, sigma, estimated, impulses); older ganlib:
+    the same fields from estimate_sigma + denoise_image."""
+    kwargs = dict(realism=realism, tile=TILE, overlap=OVERLAP, progress=progress, precision=PRECISION, ensemble=ensemble)
+    restore = getattr(_inference, "restore", None)
+    if restore is not None:
+        return restore(weights, image, sigma=sigma, impulses=impulses, **kwargs)
+    estimated = sigma is None
+    if estimated:
+        sigma = estimate_sigma(image.pixels, weights.estimator)
+    h, w = image.size
+    smap = sigma if isinstance(sigma, torch.Tensor) else torch.full((1, 1, h, w), float(sigma))
+    out = denoise_image(weights, image, sigma=sigma, **kwargs)
+    return SimpleNamespace(image=out, noise_map=smap, sigma=float(smap.mean()), estimated=estimated, impulses=False, impulse_fraction=0.0)
+
+
+def _informed_map(clean: torch.Tensor, kind: str, params: dict[str, Any]) -> torch.Tensor:
+    """The exact (1,1,H,W) noise-level map, 0-255 scale, of the noise the lab added to `clean`."""
+    informed = getattr(_noise, "informed_noise_map", None)
+    if informed is not None:
+        return informed(clean, kind, **params)
+    return _noise.noise_std_map(clean, kind, **params) * 255.0
+
+
+def _crop_for_compare(pixels: torch.Tensor, max_side: int = COMPARE_MAX_SIDE) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
+    """A centre crop of at most max_side x max_side and its box (y, x, h, w)."""
+    if _compare is not None and hasattr(_compare, "crop_for_compare"):
+        return _compare.crop_for_compare(pixels, max_side=max_side)
+    h, w = pixels.shape[-2:]
+    ch, cw = min(h, max_side), min(w, max_side)
+    y, x = (h - ch) // 2, (w - cw) // 2
+    return pixels[..., y : y + ch, x : x + cw], (y, x, ch, cw)
+
+
 # ----------------------------------------------------------------------------- core
 
 
@@ -101,11 +186,11 @@ class Result:
     original: ImageData
     noisy: ImageData | None  # None when no synthetic noise was added
     denoised: ImageData
-    sigma_estimated: float
-    sigma_used: float
+    noise_map: torch.Tensor  # (1,1,H,W), 0-255: what conditioned the network
     metrics: dict[str, Any]
     seconds: float
-    files: dict[str, Path]  # original / noisy / denoised display PNGs and the download
+    files: dict[str, Path]  # original / noisy / denoised display PNGs, the download, the map and residual views
+    captions: dict[str, str] = field(default_factory=dict)  # map / residual labels
 
 
 def _source(image: Any) -> tuple[Any, str, int | None]:
@@ -140,23 +225,179 @@ def _safe_stem(name: str) -> str:
     return stem[:100] or "image"
 
 
-def _noise_params(kind: str, params: dict[str, Any]) -> dict[str, Any]:
-    allowed = DEFAULTS[kind]
-    out = {k: v for k, v in params.items() if k in allowed and v is not None}
-    if "quality" in out:
-        out["quality"] = None if float(out["quality"]) <= 0 else int(out["quality"])
+def kind_params(kind: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """The add_noise parameters of `kind` from the demo's settings (missing ones: LAB_DEFAULTS).
+    camera_quality 0 means no JPEG; whole_pixel only where this ganlib has it."""
+    if kind == "none":
+        return {}
+    out: dict[str, Any] = {}
+    for name, param in KIND_SETTINGS[kind].items():
+        value = settings.get(name)
+        value = LAB_DEFAULTS[name] if value is None else value
+        if name == "camera_quality":
+            value = None if float(value) <= 0 else int(value)
+        elif name == "whole_pixel":
+            value = bool(value)
+        out[param] = value
     return out
 
 
-def _psnr(result: torch.Tensor, reference: torch.Tensor) -> float | None:
-    """PSNR in dB, or None when the images are identical (infinite PSNR has no JSON form)."""
-    value = psnr(result, reference)
-    return round(value, 3) if math.isfinite(value) else None
+def _noise_params(kind: str, params: dict[str, Any]) -> dict[str, Any]:
+    """add_noise parameters as given to `run` (None = the library default; quality <= 0 = no JPEG)."""
+    out = {k: v for k, v in params.items() if v is not None}
+    if "quality" in params and (params["quality"] is None or float(params["quality"]) <= 0):
+        out["quality"] = None
+    elif "quality" in out:
+        out["quality"] = int(out["quality"])
+    return out
 
 
-def _ssim(result: torch.Tensor, reference: torch.Tensor) -> float | None:
-    """SSIM, or None for images under 7 pixels on a side (too small for its 7x7 window)."""
-    return round(ssim(result, reference), 4) if min(reference.shape[-2:]) >= 7 else None
+def describe_params(kind: str, params: dict[str, Any]) -> str:
+    """'sigma 25' / 'peak 80, read 3, JPEG 85' - the settings that apply to `kind`, for labels."""
+    if kind == "none":
+        return "nothing added"
+    names = {"camera": {"peak": "peak", "sigma": "read", "quality": "JPEG"}}.get(kind, {})
+    parts = []
+    for key, value in params.items():
+        if key == "quality":
+            parts.append("no JPEG" if value is None else f"JPEG {value}")
+        elif key == "whole_pixel":
+            parts.append("whole pixels" if value else "per channel")
+        else:
+            parts.append(f"{names.get(key, key.replace('_', ' '))} {value:g}")
+    return ", ".join(parts)
+
+
+# --- metrics: each computed once, in float32 torch (exact formulas of ganlib.metrics, several times faster)
+
+_SSIM_RADIUS = 5  # skimage: gaussian sigma 1.5, truncate 3.5 -> 11x11 window, 5-pixel border left out
+_SSIM_ROWS = 2048
+
+
+def quality(reference: torch.Tensor, *images: torch.Tensor) -> list[tuple[float | None, float | None]]:
+    """(PSNR dB, SSIM) of each (1,C,H,W) image (clipped to [0, 1]) against `reference`, one pass each.
+
+    The same numbers as `ganlib.metrics.psnr` / `ssim` (Gaussian-window SSIM of Wang et al., as
+    scikit-image computes it: sigma 1.5, population covariance, 5-pixel border excluded), in float32
+    with OpenCV's separable filter on blocks of rows (a 12 MP pair in about a second instead of ~8 s),
+    the reference's local statistics computed once for all images. PSNR is None for identical images
+    (infinite), SSIM None for images under 11 pixels on a side."""
+    import cv2  # opencv-python-headless: already a runtime requirement (16-bit colour decoding)
+
+    ref = reference.detach().float().cpu()
+    c, h, w = ref.shape[1:]
+    outs = [img.detach().float().cpu() for img in images]
+    sq = [0.0] * len(outs)
+    for i, img in enumerate(outs):
+        for ch in range(c):
+            d = img[0, ch].clamp(0, 1) - ref[0, ch]
+            sq[i] += float(torch.dot(d.flatten(), d.flatten()).double())
+    psnrs = [None if s == 0 else round(10 * math.log10(c * h * w / s), 3) for s in sq]
+    r = _SSIM_RADIUS
+    if min(h, w) < 2 * r + 1:
+        return [(p, None) for p in psnrs]
+    x = np.arange(-r, r + 1, dtype=np.float64)
+    g = np.exp(-0.5 * (x / 1.5) ** 2)
+    g = (g / g.sum()).astype(np.float32)
+
+    def blur(a: np.ndarray) -> np.ndarray:  # 'valid' part only: the border rows/columns are left out anyway
+        return cv2.sepFilter2D(a, cv2.CV_32F, g, g, borderType=cv2.BORDER_REFLECT)[r:-r, r:-r]
+
+    c1, c2 = 0.01**2, 0.03**2
+    totals = [0.0] * len(outs)
+    count = 0
+    for ch in range(c):
+        for y0 in range(0, h - 2 * r, _SSIM_ROWS):
+            y1 = min(h, y0 + _SSIM_ROWS + 2 * r)
+            b = np.ascontiguousarray(ref[0, ch, y0:y1].numpy())
+            uy = blur(b)
+            vy = blur(b * b) - uy * uy
+            count += uy.size
+            for i, img in enumerate(outs):
+                a = np.ascontiguousarray(img[0, ch, y0:y1].clamp(0, 1).numpy())
+                ux = blur(a)
+                vx = blur(a * a) - ux * ux
+                vxy = blur(a * b) - ux * uy
+                s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
+                totals[i] += float(s.sum(dtype=np.float64))
+    return [(p, round(t / count, 4)) for p, t in zip(psnrs, totals)]
+
+
+# --- views: the noise-level heat map and the amplified residual
+
+# A perceptually ordered colour map (dark blue -> purple -> orange -> yellow), 256 entries.
+_ANCHORS = np.array([[0, 0, 4], [40, 11, 84], [101, 21, 110], [159, 42, 99], [212, 72, 66], [245, 125, 21], [250, 193, 39], [252, 255, 164]], np.float32)
+LUT = np.stack([np.interp(np.linspace(0, len(_ANCHORS) - 1, 256), np.arange(len(_ANCHORS)), _ANCHORS[:, i]) for i in range(3)], -1).astype(np.uint8)
+
+
+def _nice_ceiling(value: float) -> float:
+    """The smallest of 1, 2, 2.5, 5 x 10^k that is >= value (at least 1): a colour bar's top."""
+    value = max(float(value), 1.0)
+    base = 10 ** math.floor(math.log10(value))
+    for m in (1, 2, 2.5, 5, 10):
+        if m * base >= value - 1e-9:
+            return m * base
+    return 10 * base
+
+
+def _font(size: int) -> ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow without FreeType sizes
+        return ImageFont.load_default()
+
+
+def heatmap_image(noise_map: torch.Tensor, title: str) -> tuple[Image.Image, float]:
+    """(1,1,H,W) noise-level map (0-255 scale) -> RGB heat map, at most VIEW_MAX_SIDE, with a labelled
+    colour bar (0 .. top, in 0-255 units) and a title; returns (image, top of the scale)."""
+    m = noise_map.detach().float().cpu()
+    h, w = m.shape[-2:]
+    scale = min(1.0, VIEW_MAX_SIDE / max(h, w))
+    if scale < 1:
+        m = F.adaptive_avg_pool2d(m, (max(1, round(h * scale)), max(1, round(w * scale))))
+    vmax = _nice_ceiling(float(m.max()))
+    idx = (m[0, 0].clamp(0, vmax) / vmax * 255).round().to(torch.uint8).numpy()
+    body = Image.fromarray(LUT[idx])
+    if min(body.size) < 64:  # tiny images: make the map visible
+        f = math.ceil(64 / min(body.size))
+        body = body.resize((body.width * f, body.height * f), Image.NEAREST)
+    bar_w, pad, text_h = 18, 8, 16
+    font = _font(13)
+    labels = [vmax * i / 4 for i in range(5)]
+    label_w = max(int(ImageDraw.Draw(body).textlength(f"{v:g}", font=font)) for v in labels) + 6
+    canvas = Image.new("RGB", (body.width + 2 * pad + bar_w + label_w + pad, body.height + text_h + 2 * pad), "white")
+    canvas.paste(body, (pad, text_h + pad))
+    draw = ImageDraw.Draw(canvas)
+    draw.text((pad, 2), title, fill="black", font=font)
+    x0, y0, y1 = body.width + 2 * pad, text_h + pad, text_h + pad + body.height
+    grad = np.linspace(255, 0, y1 - y0).round().astype(np.uint8)
+    canvas.paste(Image.fromarray(np.repeat(LUT[grad][:, None], bar_w, axis=1)), (x0, y0))
+    for v in labels:
+        y = y1 - 1 - round((y1 - y0 - 1) * v / vmax)
+        draw.line([(x0 + bar_w, y), (x0 + bar_w + 3, y)], fill="black")
+        draw.text((x0 + bar_w + 5, min(max(y - 7, y0 - 7), y1 - 12)), f"{v:g}", fill="black", font=font)
+    return canvas, vmax
+
+
+def residual_view(noisy: torch.Tensor, denoised: torch.Tensor) -> tuple[torch.Tensor, int, tuple[int, int, int, int] | None]:
+    """The removed noise, noisy minus denoised ((1,C,H,W), [-1, 1]) amplified around mid-grey:
+    0.5 + gain * residual. Gain: a power of two (1-64) that puts about 3 standard deviations at the
+    edge of the range. Photos larger than RESIDUAL_MAX_SIDE give a centre crop at full resolution
+    (its box (y, x, h, w) is returned, else None) so single pixels stay visible."""
+    h, w = noisy.shape[-2:]
+    box = None
+    if max(h, w) > RESIDUAL_MAX_SIDE:
+        ch, cw = min(h, RESIDUAL_MAX_SIDE), min(w, RESIDUAL_MAX_SIDE)
+        y, x = (h - ch) // 2, (w - cw) // 2
+        box = (y, x, ch, cw)
+        noisy, denoised = noisy[..., y : y + ch, x : x + cw], denoised[..., y : y + ch, x : x + cw]
+    r = noisy.float() - denoised.float()
+    std = float(r.std()) if r.numel() > 1 else 0.0
+    gain = 1 if std <= 0 else int(2 ** min(6, max(0, math.floor(math.log2(0.5 / (3 * std))))))
+    return (0.5 + gain * r).clamp(0, 1), gain, box
+
+
+# --- the pipeline
 
 
 def _out_dir() -> Path:
@@ -178,13 +419,58 @@ def _gpu(fn):
 
 
 @_gpu
-def _run_network(weights: Weights, noisy: ImageData, sigma: float, realism: float, progress, ensemble: bool = False) -> ImageData:
+def _run_network(weights: Weights, noisy: ImageData, sigma: float | torch.Tensor | None, realism: float, progress,
+                 ensemble: bool = False, impulses: bool | None = None) -> Any:
+    """restore() on the GPU when there is one: returns its result (image, noise_map, sigma, estimated, ...)."""
     if torch.cuda.is_available():
         weights.fidelity.to("cuda")
         if weights.gan is not None:
             weights.gan.to("cuda")
-    return denoise_image(weights, noisy, sigma=sigma, realism=realism, tile=TILE, overlap=OVERLAP, progress=progress, precision=PRECISION,
-                         ensemble=ensemble)
+    return _lib_restore(weights, noisy, sigma=sigma, impulses=impulses, realism=realism, progress=progress, ensemble=ensemble)
+
+
+def _flat(pixels: torch.Tensor) -> bool:
+    """Every channel a single value (a 1x1 image, a flat strip): there is no noise to read or remove."""
+    flat = pixels.flatten(2)
+    return bool((flat.amax(-1) == flat.amin(-1)).all())
+
+
+class _Stages:
+    """Progress per stage ('Reading the image', 'Denoising tile 3/70', ...) and the seconds each took."""
+
+    def __init__(self, progress: Any) -> None:
+        self.progress = progress
+        self.seconds: dict[str, float] = {}
+        self._name: str | None = None
+        self._t = time.perf_counter()
+
+    def start(self, name: str, desc: str) -> None:
+        self.stop()
+        self._name, self._t = name, time.perf_counter()
+        if self.progress is not None:
+            self.progress(0.0, desc=desc)
+
+    def stop(self) -> None:
+        if self._name is not None:
+            self.seconds[self._name] = round(self.seconds.get(self._name, 0.0) + time.perf_counter() - self._t, 3)
+            self._name = None
+
+
+def _tile_reporter(progress: Any, ensemble: bool) -> Callable[[int, int], None]:
+    """ganlib's progress(done, total) -> 'Denoising tile 3/8', or with the x8 ensemble 'view 2/8, tile 1/1'."""
+
+    def report(done: int, total: int) -> None:
+        if progress is None:
+            return
+        if ensemble and total % 8 == 0:
+            tiles = total // 8
+            view, tile = (done - 1) // tiles + 1, (done - 1) % tiles + 1
+            desc = f"Denoising view {view}/8, tile {tile}/{tiles}"
+        else:
+            desc = f"Denoising tile {done}/{total}"
+        progress((done, total), desc=desc, unit="tiles")
+
+    return report
 
 
 def run(
@@ -196,15 +482,18 @@ def run(
     realism: float = 0.0,
     progress: Any = None,
     ensemble: bool = False,
+    informed: bool = True,
 ) -> Result:
     """Load, optionally add synthetic noise, denoise, measure and save. Every bad input -> gr.Error (one sentence).
 
-    strength: the noise level (0-255 scale) given to the network; None = estimated from the image.
-    progress: a gr.Progress (or None); called once per tile.
+    noise_params: add_noise parameters of `noise_kind` (see `kind_params`).
+    strength: the noise level (0-255 scale) given to the network; None = automatic: the exact map of
+      the added noise when the lab added it and `informed`, else estimated from the image.
+    progress: a gr.Progress (or None): called at each stage and once per tile.
     ensemble: x8 self-ensemble (8 flips/rotations averaged): 8 times the time for about +0.2 dB.
     """
     try:
-        return _run(image, noise_kind, noise_params, seed, strength, realism, progress, bool(ensemble))
+        return _run(image, noise_kind, noise_params, seed, strength, realism, progress, bool(ensemble), bool(informed))
     except gr.Error:
         raise
     except Exception as err:  # a failure nobody anticipated: logged in full, one sentence for the user
@@ -213,11 +502,7 @@ def run(
         raise gr.Error(f"Denoising failed ({type(err).__name__}{': ' + detail if detail else ''}).") from None
 
 
-def _run(image, noise_kind, noise_params, seed, strength, realism, progress, ensemble=False) -> Result:
-    t0 = time.perf_counter()
-    src, name, nbytes = _source(image)
-    if nbytes is not None and nbytes > MAX_FILE_MB * 1024 * 1024:
-        raise gr.Error(f"The file is {nbytes / 1e6:.0f} MB; the limit is {MAX_FILE_MB} MB.")
+def _check_settings(noise_kind: str, seed: Any, strength: Any, realism: Any) -> tuple[int, float]:
     if noise_kind not in NOISE_KINDS:
         raise gr.Error(f"Unknown noise kind {noise_kind!r}; choose one of {', '.join(NOISE_KINDS)}.")
     try:
@@ -229,98 +514,254 @@ def _run(image, noise_kind, noise_params, seed, strength, realism, progress, ens
     realism = 0.0 if realism is None else realism
     if not (isinstance(realism, (int, float)) and 0 <= float(realism) <= 1):
         raise gr.Error(f"Realism must be between 0 (fidelity) and 1 (GAN), got {realism!r}.")
-    weights = get_weights()
-    if realism > 0 and weights.gan is None:
-        raise gr.Error("These weights have no GAN stage, so realism must be 0.")
+    return seed, float(realism)
 
+
+BROWSER_SHOWS = {".png", ".jpg", ".jpeg"}  # uploads shown as they are in the "original" view (no extra encode)
+
+
+def _load(image: Any) -> tuple[ImageData, str, Path | None]:
+    """-> (image, display name, the uploaded file when a browser can show it as it is, else None)."""
+    src, name, nbytes = _source(image)
+    if nbytes is not None and nbytes > MAX_FILE_MB * 1024 * 1024:
+        raise gr.Error(f"The file is {nbytes / 1e6:.0f} MB; the limit is {MAX_FILE_MB} MB.")
+    shown = src if isinstance(src, Path) and src.suffix.lower() in BROWSER_SHOWS else None
     try:
-        original = load_image(src, max_pixels=MAX_PIXELS)
+        return load_image(src, max_pixels=MAX_PIXELS), name, shown
     except ImageError as err:
         raise gr.Error(str(err)) from None
     except Exception as err:  # anything the loader did not anticipate is still one sentence, never a traceback
         log.exception("unexpected error while reading %s", name)
         raise gr.Error(f"{name!r} could not be read as an image ({type(err).__name__}).") from None
 
+
+def _run(image, noise_kind, noise_params, seed, strength, realism, progress, ensemble=False, informed=True) -> Result:
+    t0 = time.perf_counter()
+    stages = _Stages(progress)
+    seed, realism = _check_settings(noise_kind, seed, strength, realism)
+    weights = get_weights()
+    if realism > 0 and weights.gan is None:
+        raise gr.Error("These weights have no GAN stage, so realism must be 0.")
+    stages.start("read", "Reading the image")
+    original, name, shown = _load(image)
+
     params: dict[str, Any] = {}
     noisy: ImageData | None = None
+    sigma: float | torch.Tensor | None = None if strength is None else float(strength)
+    impulses: bool | None = None
     if noise_kind != "none":
+        stages.start("noise", f"Adding {noise_kind} noise")
         params = _noise_params(noise_kind, noise_params or {})
         try:
             pixels = add_noise(original.pixels, noise_kind, seed=seed, quantize=original.bit_depth == 8, **params)
+            if strength is None and informed:
+                sigma = _informed_map(original.pixels, noise_kind, params)
+                impulses = noise_kind == "salt_pepper"
         except ValueError as err:
             raise gr.Error(f"Bad noise settings: {err}.") from None
         noisy = original.with_pixels(pixels)
     source = noisy if noisy is not None else original
 
-    try:
-        estimated = estimate_sigma(source.pixels, weights.estimator)
-    except ValueError:  # too small to estimate anything from
-        estimated = float("nan")
-    if not math.isfinite(estimated):  # e.g. a flat or tiny image: nothing to estimate, so nothing to remove
-        estimated = 0.0
-    sigma = float(strength) if strength is not None else estimated
-
-    def tile_progress(done: int, total: int) -> None:
-        if progress is not None:
-            progress((done, total), desc=f"Denoising tile {done}/{total}", unit="tiles")
-
-    t1 = time.perf_counter()
-    try:
-        denoised = _run_network(weights, source, sigma, float(realism), tile_progress, ensemble)
-    except torch.OutOfMemoryError:
-        raise gr.Error("Out of memory while denoising; try a smaller image.") from None
-    t_net = time.perf_counter() - t1
-
-    metrics: dict[str, Any] = {
-        "file": name,
-        "width": original.pixels.shape[-1],
-        "height": original.pixels.shape[-2],
-        "channels": original.pixels.shape[1],
-        "bit_depth": original.bit_depth,
-        "alpha": original.alpha is not None,
-        "noise_kind": noise_kind,
-        "noise_params": params,
-        "seed": seed if noisy is not None else None,
-        "sigma_estimated": round(estimated, 3),
-        "sigma_estimator": "learned (estimator/)" if weights.estimator is not None else "wavelet (scikit-image)",
-        "sigma_used": round(sigma, 3),
-        "strength": "manual" if strength is not None else "auto",
-        "realism": float(realism),
-        "ensemble": ensemble,
-        "precision": resolve_precision(PRECISION, "cuda" if torch.cuda.is_available() else "cpu"),
-        "weights": weights.source,
-        "notes": list(original.notes),
-    }
-    if noisy is not None:
-        ref = original.pixels
-        metrics.update(
-            psnr_noisy=_psnr(noisy.pixels, ref),
-            ssim_noisy=_ssim(noisy.pixels, ref),
-            psnr_denoised=_psnr(denoised.pixels, ref),
-            ssim_denoised=_ssim(denoised.pixels, ref),
-        )
+    if sigma is None and _flat(source.pixels):  # nothing to read noise from and nothing to remove
+        stages.start("network", "Flat image: nothing to denoise")
+        h, w = source.size
+        restored = SimpleNamespace(image=source, noise_map=torch.zeros(1, 1, h, w), sigma=0.0, estimated=True,
+                                   impulses=False, impulse_fraction=0.0)
+        skipped = True
+    else:
+        stages.start("network", "Estimating the noise level" if sigma is None else "Denoising")
+        try:
+            restored = _run_network(weights, source, sigma, realism, _tile_reporter(progress, ensemble), ensemble, impulses)
+        except torch.OutOfMemoryError:
+            raise gr.Error("Out of memory while denoising; try a smaller image.") from None
+        skipped = False
+    denoised: ImageData = restored.image
+    map_kind = "manual" if strength is not None else ("estimated" if restored.estimated else "informed")
 
     out = _out_dir()
     stem = _safe_stem(name)
     view = out / "view"  # display copies; the download sits alone in `out` under its final name
     view.mkdir()
-    files = {"denoised": save_image(denoised, out / f"{stem}_denoised.png"), "original": save_image(original, view / f"{stem}_original.png")}
+    stages.start("write", "Writing lossless PNGs")
+    # the full-size PNGs are encoded in the background (zlib releases the GIL) while the metrics run
+    pool = ThreadPoolExecutor(max_workers=2)
+    pending: dict[str, Future] = {"denoised": pool.submit(save_image, denoised, out / f"{stem}_denoised.png", compress_level=PNG_LEVEL)}
     if noisy is not None:
-        files["noisy"] = save_image(noisy, view / f"{stem}_noisy.png")
-    metrics["seconds_network"] = round(t_net, 3)
+        pending["noisy"] = pool.submit(save_image, noisy, view / f"{stem}_noisy.png", compress_level=PNG_LEVEL)
+    if shown is None:  # a browser shows PNG and JPEG uploads as they are (upright by their EXIF, like ours)
+        pending["original"] = pool.submit(save_image, original, view / f"{stem}_original.png", compress_level=PNG_LEVEL)
+
+    metrics: dict[str, Any] = {
+        "file": name,
+        "mode": "lab" if noisy is not None else "photo",
+        "width": original.pixels.shape[-1],
+        "height": original.pixels.shape[-2],
+        "channels": original.pixels.shape[1],
+        "bit_depth": original.bit_depth,
+        "alpha": original.alpha is not None,
+        "exif": original.exif is not None,
+        "noise_kind": noise_kind,
+        "noise_params": params,
+        "seed": seed if noisy is not None else None,
+        "noise_map": map_kind,  # informed (the lab's exact map), estimated, or manual
+        "sigma_estimator": ("learned (estimator/)" if weights.estimator is not None else "wavelet (scikit-image)") if map_kind == "estimated" else None,
+        "sigma_used": round(float(restored.sigma), 3),
+        "sigma_estimated": round(float(restored.sigma), 3) if map_kind == "estimated" else None,
+        "strength": "manual" if strength is not None else "auto",
+        "impulses_removed": bool(getattr(restored, "impulses", False)),
+        "impulse_fraction": round(float(getattr(restored, "impulse_fraction", 0.0)), 5),
+        "realism": realism,
+        "ensemble": ensemble,
+        "network_skipped": skipped,
+        "precision": resolve_precision(PRECISION, "cuda" if torch.cuda.is_available() else "cpu"),
+        "weights": weights.source,
+        "notes": list(original.notes) + (["flat image: read as noise-free (sigma 0) and returned unchanged"] if skipped else []),
+    }
+    try:
+        stages.start("metrics", "Measuring PSNR / SSIM")
+        if noisy is not None:
+            (pn, sn), (pd, sd) = quality(original.pixels, noisy.pixels, denoised.pixels)
+            metrics.update(psnr_noisy=pn, ssim_noisy=sn, psnr_denoised=pd, ssim_denoised=sd)
+        stages.start("views", "Drawing the noise-level map and the residual")
+        files: dict[str, Path] = {}
+        captions = _write_views(view, stem, source.pixels, denoised.pixels, restored.noise_map, map_kind, files)
+        stages.start("write", "Writing lossless PNGs")
+        for key, fut in pending.items():
+            files[key] = fut.result()
+        if shown is not None:
+            files["original"] = shown
+    finally:
+        pool.shutdown(wait=True)
+    stages.stop()
+    metrics["seconds"] = stages.seconds
+    metrics["seconds_network"] = stages.seconds.get("network", 0.0)
     metrics["seconds_total"] = round(time.perf_counter() - t0, 3)
-    log.info("%s %dx%d %s: %.2fs", name, metrics["width"], metrics["height"], noise_kind, metrics["seconds_total"])
-    return Result(original, noisy, denoised, estimated, sigma, metrics, metrics["seconds_total"], files)
+    log.info("%s %dx%d %s: %s", name, metrics["width"], metrics["height"], noise_kind, stages.seconds)
+    return Result(original, noisy, denoised, restored.noise_map, metrics, metrics["seconds_total"], files, captions)
+
+
+def _write_views(folder: Path, stem: str, noisy: torch.Tensor, denoised: torch.Tensor, noise_map: torch.Tensor,
+                 map_kind: str, files: dict[str, Path]) -> dict[str, str]:
+    """The heat map and the residual PNGs (into `files`); returns their captions."""
+    how = {
+        "informed": "informed: the exact map of the noise the lab added",
+        "estimated": "estimated from the image",
+        "manual": "set by hand (strength)",
+    }[map_kind]
+    heat, vmax = heatmap_image(noise_map, f"noise level, 0-255 scale ({map_kind})")
+    files["map"] = folder / f"{stem}_noise_map.png"
+    heat.save(files["map"], compress_level=PNG_LEVEL)
+    m = noise_map.float()
+    map_caption = (f"**Noise-level map** that conditioned the network ({how}): mean {float(m.mean()):.2f}, "
+                   f"min {float(m.min()):.2f}, max {float(m.max()):.2f} on the 0-255 scale; colour bar 0-{vmax:g}.")
+    resid, gain, box = residual_view(noisy, denoised)
+    files["residual"] = save_image(ImageData(pixels=resid), folder / f"{stem}_residual.png", compress_level=PNG_LEVEL)
+    where = f"centre crop {box[3]}x{box[2]} at x={box[1]}, y={box[0]}, full resolution" if box else "whole image"
+    resid_caption = (f"**Removed noise** (noisy minus denoised) amplified x{gain} around mid-grey "
+                     f"(grey = nothing removed; {where}).")
+    return {"map": map_caption, "residual": resid_caption}
+
+
+# ----------------------------------------------------------------------------- compare every kind
+
+
+def compare(image: Any, settings: dict[str, Any] | None = None, seed: int | float | None = 0, realism: float = 0.0,
+            progress: Any = None) -> tuple[list[dict[str, Any]], list[tuple[str, str]], str]:
+    """All five noise kinds on the same photo (a centre crop of at most COMPARE_MAX_SIDE of larger ones),
+    each at the lab's settings, denoised with its informed map.
+
+    Returns (table rows: kind, settings, psnr_noisy, psnr_denoised, ssim_noisy, ssim_denoised, seconds;
+    gallery items (PNG path, caption): noisy and denoised per kind; a note on the crop)."""
+    seed, realism = _check_settings("none", seed, None, realism)
+    weights = get_weights()
+    if realism > 0 and weights.gan is None:
+        raise gr.Error("These weights have no GAN stage, so realism must be 0.")
+    if progress is not None:
+        progress(0.0, desc="Reading the image")
+    original, name, _ = _load(image)
+    h, w = original.size
+    crop, (y, x, ch, cw) = _crop_for_compare(original.pixels, COMPARE_MAX_SIDE)
+    note = (f"Centre crop {cw}x{ch} at x={x}, y={y} of the {w}x{h} photo (comparisons run on at most "
+            f"{COMPARE_MAX_SIDE}x{COMPARE_MAX_SIDE} pixels)." if (ch, cw) != (h, w) else f"Whole photo, {w}x{h}.")
+    levels = {kind: kind_params(kind, settings or {}) for kind in KINDS}
+    try:
+        rows = _compare_kinds(weights, crop, levels, seed, realism, progress)
+    except ValueError as err:
+        raise gr.Error(f"Bad noise settings: {err}.") from None
+    out = _out_dir()
+    stem = _safe_stem(name)
+    table, gallery = [], []
+    for r in rows:
+        desc = describe_params(r.kind, r.params)
+        table.append({
+            "kind": r.kind, "settings": desc,
+            "psnr_noisy": _round(r.psnr_noisy, 3), "psnr_denoised": _round(r.psnr_denoised, 3),
+            "ssim_noisy": _round(r.ssim_noisy, 4), "ssim_denoised": _round(r.ssim_denoised, 4),
+            "seconds": round(float(r.seconds), 3),
+        })
+        for which in ("noisy", "denoised"):
+            path = save_image(original.with_pixels(getattr(r, which)) if original.alpha is None or (ch, cw) == (h, w)
+                              else ImageData(pixels=getattr(r, which), bit_depth=original.bit_depth),
+                              out / f"{stem}_{r.kind}_{which}.png", compress_level=PNG_LEVEL)
+            p, s = (r.psnr_noisy, r.ssim_noisy) if which == "noisy" else (r.psnr_denoised, r.ssim_denoised)
+            gallery.append((str(path), f"{r.kind} ({desc}) {which}: {_fmt(p, 2)} dB, SSIM {_fmt(s, 4)}"))
+    return table, gallery, note
+
+
+def _round(x: float | None, digits: int) -> float | None:
+    return None if x is None or not math.isfinite(float(x)) else round(float(x), digits)
+
+
+def _fmt(x: float | None, digits: int) -> str:
+    return "n/a" if x is None or not math.isfinite(float(x)) else f"{x:.{digits}f}"
+
+
+def _compare_kinds(weights: Weights, clean: torch.Tensor, levels: dict[str, dict], seed: int, realism: float, progress: Any) -> list[Any]:
+    """`ganlib.compare.compare_kinds` (noise clipped and 8-bit, informed maps); older ganlib: the same here."""
+    def report(done: int, total: int, kind: str | None = None) -> None:
+        if progress is not None:
+            progress((done, total), desc=f"Compared {kind or done} ({done}/{total})")
+
+    if _compare is not None and hasattr(_compare, "compare_kinds"):
+        return _compare.compare_kinds(weights, clean, levels=levels, seed=seed, realism=realism, precision=PRECISION,
+                                      informed=True, progress=report)
+    rows = []
+    for i, kind in enumerate(KINDS):
+        t = time.perf_counter()
+        params = levels[kind]
+        noisy = add_noise(clean, kind, seed=seed, quantize=True, **params)
+        smap = _informed_map(clean, kind, params)
+        res = _lib_restore(weights, ImageData(pixels=noisy), sigma=smap, impulses=kind == "salt_pepper", realism=realism,
+                           progress=None, ensemble=False)
+        (pn, sn), (pd, sd) = quality(clean, noisy, res.image.pixels)
+        rows.append(SimpleNamespace(kind=kind, params=params, noisy=noisy, denoised=res.image.pixels, noise_map=smap,
+                                    psnr_noisy=pn, psnr_denoised=pd, ssim_noisy=sn, ssim_denoised=sd,
+                                    seconds=time.perf_counter() - t))
+        report(i + 1, len(KINDS), kind)
+    return rows
 
 
 # ----------------------------------------------------------------------------- API and UI wrappers
 
 
+def _settings(**values: Any) -> dict[str, Any]:
+    return {k: values[k] for k in SETTING_NAMES}
+
+
 def api_denoise(
     image: Any,
     noise_kind: str = "none",
-    noise_level: float | None = None,
+    sigma: float = LAB_DEFAULTS["sigma"],
+    peak: float = LAB_DEFAULTS["peak"],
+    amount: float = LAB_DEFAULTS["amount"],
+    salt_ratio: float = LAB_DEFAULTS["salt_ratio"],
+    whole_pixel: bool = LAB_DEFAULTS["whole_pixel"],
+    speckle_sigma: float = LAB_DEFAULTS["speckle_sigma"],
+    camera_peak: float = LAB_DEFAULTS["camera_peak"],
+    camera_read: float = LAB_DEFAULTS["camera_read"],
+    camera_quality: int = LAB_DEFAULTS["camera_quality"],
     seed: int | None = 0,
+    informed: bool = True,
     strength: float | None = None,
     realism: float = 0.0,
     ensemble: bool = False,
@@ -328,20 +769,28 @@ def api_denoise(
 ) -> tuple[str, dict[str, Any]]:
     """Denoise one image (optionally after adding synthetic noise) and return (denoised PNG, metrics).
 
-    noise_kind: none | gaussian | poisson | salt_pepper | speckle | camera.
-    noise_level: the kind's main parameter (gaussian: sigma 0-255; poisson: peak; salt_pepper: amount;
-      speckle: sigma; camera: peak); empty = the library default.
-    strength: noise level 0-255 given to the network; empty = estimated from the image.
-    realism: 0 (fidelity) .. 1 (GAN); needs GAN weights.
-    ensemble: average the 8 flips/rotations (8 times the time, about +0.2 dB).
+    noise_kind: none (photo mode: nothing added) | gaussian | poisson | salt_pepper | speckle | camera.
+    Lab settings (only the chosen kind's apply): sigma (gaussian, 0-255), peak (poisson photons at white),
+    amount, salt_ratio, whole_pixel (salt_pepper), speckle_sigma, camera_peak, camera_read (0-255),
+    camera_quality (JPEG 1-100, 0 = none). informed: tell the network the exact noise-level map of the
+    added noise. strength: noise level 0-255 for the network; empty = automatic. realism: 0 (fidelity)
+    .. 1 (GAN). ensemble: average the 8 flips/rotations (8 times the time, about +0.2 dB).
     """
-    params = {LEVEL_PARAM[noise_kind]: noise_level} if noise_kind in LEVEL_PARAM and noise_level is not None else {}
-    res = run(image, noise_kind, params, seed, strength, realism, progress, ensemble)
+    settings = _settings(sigma=sigma, peak=peak, amount=amount, salt_ratio=salt_ratio, whole_pixel=whole_pixel,
+                         speckle_sigma=speckle_sigma, camera_peak=camera_peak, camera_read=camera_read, camera_quality=camera_quality)
+    res = run(image, noise_kind, kind_params(noise_kind, settings) if noise_kind in KIND_SETTINGS else {}, seed, strength,
+              realism, progress, ensemble, informed)
     return str(res.files["denoised"]), res.metrics
 
 
-def _num(x: float | None, digits: int = 4) -> str:
-    return "n/a" if x is None else f"{x:.{digits}f}"
+def api_compare_kinds(image: Any, seed: int | None = 0, progress: gr.Progress = gr.Progress()) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+    """All five noise kinds at the default lab settings on the same photo (a labelled centre crop of large
+    ones): (table rows with kind, settings, psnr_noisy, psnr_denoised, ssim_noisy, ssim_denoised, seconds,
+    crop; gallery of (PNG, caption), noisy and denoised per kind)."""
+    table, gallery, note = compare(image, None, seed, 0.0, progress)
+    for row in table:
+        row["crop"] = note
+    return table, gallery
 
 
 def _metrics_markdown(res: Result) -> str:
@@ -349,51 +798,71 @@ def _metrics_markdown(res: Result) -> str:
     lines = [
         f"**{m['file']}** - {m['width']} x {m['height']}, {'gray' if m['channels'] == 1 else 'RGB'}"
         f"{' + alpha' if m['alpha'] else ''}, {m['bit_depth']}-bit",
-        f"- noise level: estimated sigma = {m['sigma_estimated']:.2f}, used sigma = {m['sigma_used']:.2f} ({m['strength']})",
     ]
+    if m["mode"] == "lab":
+        lines.append(f"- noise added: {m['noise_kind']} ({describe_params(m['noise_kind'], m['noise_params'])}), seed {m['seed']}")
+    how = {"informed": "informed (the exact map of the added noise)", "estimated": f"estimated ({m['sigma_estimator']})",
+           "manual": "set by hand"}[m["noise_map"]]
+    lines.append(f"- noise level given to the network: sigma = {m['sigma_used']:.2f} (0-255), {how}")
+    if m["impulses_removed"]:
+        lines.append(f"- impulses removed first by a switching median: {100 * m['impulse_fraction']:.2f}% of values")
+    realism = "fidelity" if m["realism"] == 0 else ("GAN" if m["realism"] == 1 else "blend")
+    lines.append(f"- realism {m['realism']:.2f} ({realism}), precision {m['precision']}{', x8 ensemble' if m['ensemble'] else ''}")
     if "psnr_noisy" in m:
         lines += [
             "",
             "| vs original | PSNR (dB) | SSIM |",
             "|---|---|---|",
-            f"| noisy | {_num(m['psnr_noisy'], 2)} | {_num(m['ssim_noisy'])} |",
-            f"| denoised | {_num(m['psnr_denoised'], 2)} | {_num(m['ssim_denoised'])} |",
+            f"| noisy | {_fmt(m['psnr_noisy'], 2)} | {_fmt(m['ssim_noisy'], 4)} |",
+            f"| denoised | {_fmt(m['psnr_denoised'], 2)} | {_fmt(m['ssim_denoised'], 4)} |",
             "",
         ]
     else:
         lines.append("- no synthetic noise added, so there is no clean reference to score against")
-    how = m["precision"] + (", x8 ensemble" if m["ensemble"] else "")
-    lines.append(f"- time: {m['seconds_network']:.2f} s network ({how}), {m['seconds_total']:.2f} s in all")
+    s = m["seconds"]
+    rest = m["seconds_total"] - m["seconds_network"]
+    lines.append(f"- time: {m['seconds_network']:.2f} s network ({m['precision']}{', x8 ensemble' if m['ensemble'] else ''}), "
+                 f"{m['seconds_total']:.2f} s in all ({rest:.2f} s outside the network: "
+                 + ", ".join(f"{k} {v:.2f}" for k, v in s.items() if k != "network") + ")")
     lines += [f"- note: {n}" for n in m["notes"]]
     return "\n".join(lines)
 
 
+DENOISE_OUTPUTS = 12  # slider, original, noisy, denoised, metrics md, download, metrics json, map, map md, residual, residual md, status
+
+
 def ui_denoise(
     image: Any,
+    mode: str,
     noise_kind: str,
-    gauss_sigma: float,
-    poisson_peak: float,
-    sp_amount: float,
-    sp_salt_ratio: float,
+    sigma: float,
+    peak: float,
+    amount: float,
+    salt_ratio: float,
+    whole_pixel: bool,
     speckle_sigma: float,
     camera_peak: float,
     camera_read: float,
     camera_quality: float,
     seed: float,
-    strength_mode: str,
+    informed: bool,
+    auto_strength: bool,
     strength: float,
     realism: float,
     ensemble: bool = False,
     progress: gr.Progress = gr.Progress(),
-):
-    per_kind = {
-        "gaussian": {"sigma": gauss_sigma},
-        "poisson": {"peak": poisson_peak},
-        "salt_pepper": {"amount": sp_amount, "salt_ratio": sp_salt_ratio},
-        "speckle": {"sigma": speckle_sigma},
-        "camera": {"peak": camera_peak, "sigma": camera_read, "quality": camera_quality},
-    }
-    res = run(image, noise_kind, per_kind.get(noise_kind, {}), seed, strength if strength_mode == "manual" else None, realism, progress, ensemble)
+) -> tuple:
+    """The page's Denoise button. Photo mode adds nothing. An error leaves the previous results on the page
+    (every output unchanged) and is shown in the status line and as a toast."""
+    kind = noise_kind if mode == MODES[1] else "none"
+    settings = _settings(sigma=sigma, peak=peak, amount=amount, salt_ratio=salt_ratio, whole_pixel=whole_pixel,
+                         speckle_sigma=speckle_sigma, camera_peak=camera_peak, camera_read=camera_read, camera_quality=camera_quality)
+    try:
+        res = run(image, kind, kind_params(kind, settings) if kind != "none" else {}, seed, None if auto_strength else strength,
+                  realism, progress, ensemble, informed)
+    except gr.Error as err:
+        gr.Warning(err.message)
+        return (*[gr.update() for _ in range(DENOISE_OUTPUTS - 1)], f"**Error:** {err.message} (the previous results are kept)")
     before = res.files.get("noisy") or res.files["original"]
     name = res.files["denoised"].name
     return (
@@ -404,7 +873,29 @@ def ui_denoise(
         _metrics_markdown(res),
         gr.update(value=str(res.files["denoised"]), label=f"Download {name}", visible=True),
         res.metrics,
+        str(res.files["map"]),
+        res.captions["map"],
+        str(res.files["residual"]),
+        res.captions["residual"],
+        "",
     )
+
+
+def ui_compare(
+    image: Any, sigma: float, peak: float, amount: float, salt_ratio: float, whole_pixel: bool, speckle_sigma: float,
+    camera_peak: float, camera_read: float, camera_quality: float, seed: float, realism: float, progress: gr.Progress = gr.Progress(),
+) -> tuple:
+    """The lab's 'Compare all five kinds' button: gallery, table, note; an error keeps the previous ones."""
+    settings = _settings(sigma=sigma, peak=peak, amount=amount, salt_ratio=salt_ratio, whole_pixel=whole_pixel,
+                         speckle_sigma=speckle_sigma, camera_peak=camera_peak, camera_read=camera_read, camera_quality=camera_quality)
+    try:
+        table, gallery, note = compare(image, settings, seed, realism, progress)
+    except gr.Error as err:
+        gr.Warning(err.message)
+        return gr.update(), gr.update(), gr.update(), f"**Error:** {err.message} (the previous results are kept)"
+    cols = ["kind", "settings", "psnr_noisy", "psnr_denoised", "ssim_noisy", "ssim_denoised", "seconds"]
+    rows = [[r[c] for c in cols] for r in table]
+    return gallery, gr.update(value=rows, headers=cols), note, ""
 
 
 def describe_upload(image: Any) -> str:
@@ -415,8 +906,6 @@ def describe_upload(image: Any) -> str:
         src, name, nbytes = _source(image)
     except gr.Error as err:
         return err.message
-    from PIL import Image  # header only; decoding is ganlib.images' job
-
     size = f"{nbytes / 1e6:.2f} MB" if nbytes and nbytes >= 1e5 else f"{(nbytes or 0) / 1e3:.1f} kB"
     try:
         with Image.open(src if isinstance(src, Path) else io.BytesIO(src)) as im:
@@ -430,48 +919,64 @@ def describe_upload(image: Any) -> str:
 # ----------------------------------------------------------------------------- examples
 
 
-def make_examples(folder: Path) -> list[list[Any]]:
-    """Example inputs from scikit-image's bundled sample photos (one per noise kind), written once as PNG.
+@dataclass
+class Example:
+    """One example: a photo, the mode it opens in, and only the settings that apply to it."""
 
-    Rows: [path, kind, gauss_sigma, poisson_peak, sp_amount, sp_salt_ratio, speckle_sigma, camera_peak,
-    camera_read, camera_quality, seed]."""
+    name: str
+    label: str
+    mode: str
+    kind: str  # the lab's noise kind ('gaussian' for photo-mode examples: the lab's default)
+    settings: dict[str, Any]
+    path: str = ""
+
+
+def make_examples(folder: Path) -> list[Example]:
+    """Compact examples from scikit-image's bundled sample photos, written once as PNG: one per noise kind
+    (Noise lab), a grayscale photo, and a real noisy photo (Denoise my photo)."""
     import skimage.data as data
 
     folder.mkdir(parents=True, exist_ok=True)
-
-    def png(name: str, make) -> str:
-        path = folder / f"{name}.png"
-        if not path.exists():
-            save_image(make(), path)
-        return str(path)
-
-    def noisy_cat() -> ImageData:  # a photo that already carries camera noise: denoise it as it is
-        cat = load_image(data.chelsea())
-        return cat.with_pixels(add_noise(cat.pixels, "camera", seed=7, peak=60.0, sigma=4.0, quality=92))
-
-    d = {"g": 25, "p": 30, "a": 0.05, "r": 0.5, "s": 0.2, "cp": 200, "cr": 2, "cq": 90}  # slider defaults
-    rows = [
-        ("astronaut", lambda: load_image(data.astronaut()), "gaussian", {"g": 25}),
-        ("coffee", lambda: load_image(data.coffee()), "poisson", {"p": 20}),
-        ("camera", lambda: load_image(data.camera()), "salt_pepper", {"a": 0.08}),
-        ("rocket", lambda: load_image(data.rocket()), "speckle", {"s": 0.25}),
-        ("immunohistochemistry", lambda: load_image(data.immunohistochemistry()), "camera", {"cp": 80, "cr": 3, "cq": 85}),
-        ("logo_rgba", lambda: load_image(data.logo()), "gaussian", {"g": 35}),
-        ("chelsea_noisy", noisy_cat, "none", {}),
+    specs = [
+        Example("astronaut", "Lab: gaussian, sigma 25", MODES[1], "gaussian", {"sigma": 25}),
+        Example("coffee", "Lab: poisson, peak 20", MODES[1], "poisson", {"peak": 20}),
+        Example("chelsea", "Lab: salt & pepper, 8%", MODES[1], "salt_pepper", {"amount": 0.08}),
+        Example("rocket", "Lab: speckle, sigma 0.25", MODES[1], "speckle", {"speckle_sigma": 0.25}),
+        Example("immunohistochemistry", "Lab: camera, peak 80, JPEG 85", MODES[1], "camera",
+                {"camera_peak": 80, "camera_read": 3, "camera_quality": 85}),
+        Example("camera_gray", "Grayscale photo: gaussian, sigma 15", MODES[1], "gaussian", {"sigma": 15}),
+        Example("hubble_deep_field", "Real noisy photo: denoise as is", MODES[0], "gaussian", {}),
     ]
-    out = []
-    for name, make, kind, over in rows:
-        v = {**d, **over}
-        out.append([png(name, make), kind, v["g"], v["p"], v["a"], v["r"], v["s"], v["cp"], v["cr"], v["cq"], 0])
-    return out
+    makers = {
+        "astronaut": data.astronaut, "coffee": data.coffee, "chelsea": data.chelsea, "rocket": data.rocket,
+        "immunohistochemistry": data.immunohistochemistry, "camera_gray": data.camera,
+        "hubble_deep_field": lambda: data.hubble_deep_field()[100:612, 200:712],  # a real noisy photo (sensor noise, JPEG)
+    }
+    for ex in specs:
+        path = folder / f"{ex.name}.png"
+        if not path.exists():
+            save_image(load_image(np.ascontiguousarray(makers[ex.name]())), path)
+        ex.path = str(path)
+    return specs
+
+
+def example_updates(ex: Example) -> list[Any]:
+    """Values for [image, mode, noise_kind, *settings, auto_strength]: the example's settings, the rest at defaults."""
+    values = {**LAB_DEFAULTS, **ex.settings}
+    return [ex.path, ex.mode, ex.kind, *[values[k] for k in SETTING_NAMES], True]
 
 
 # ----------------------------------------------------------------------------- page
 
 INTRO = """# GAN image denoiser
-Drop in a photo (or paste one, or use the webcam), optionally add noise of a chosen kind, and compare the
-noisy and the denoised picture at full resolution. Nothing is downscaled or JPEG-compressed: every view is a
-lossless PNG, and the download keeps 16-bit depth, grayscale and transparency."""
+**Denoise my photo**: drop in a noisy photo (or paste one, or use the webcam) and denoise it as it is.
+**Noise lab**: add noise of a chosen kind to a clean photo, compare noisy and denoised with PSNR/SSIM, or
+compare all five kinds at once. Every view is a lossless PNG at full resolution, and the download keeps
+16-bit depth, grayscale, transparency and EXIF."""
+
+CSS = """
+#examples .gallery-item { max-width: 150px; }
+"""
 
 
 def build_demo(examples_dir: Path | None = None) -> gr.Blocks:
@@ -479,104 +984,137 @@ def build_demo(examples_dir: Path | None = None) -> gr.Blocks:
     banner = weights_banner()
     has_gan = _weights is not None and _weights.gan is not None
     examples = make_examples(examples_dir or Path(tempfile.gettempdir()) / "ganlib-demo-examples")
+    d = LAB_DEFAULTS
 
     with gr.Blocks(title="GAN image denoiser", delete_cache=(3600, 3600)) as demo:
         gr.Markdown(INTRO)
         gr.Markdown(banner, elem_id="weights")
         with gr.Row():
-            with gr.Column(scale=1):
-                image = gr.Image(
-                    label="Input image",
-                    type="filepath",
-                    image_mode=None,
-                    format="png",
-                    sources=["upload", "clipboard", "webcam"],
-                    elem_id="input-image",
-                )
+            with gr.Column(scale=1, min_width=320):
+                mode = gr.Radio(list(MODES), value=MODES[0], label="Mode", elem_id="mode")
+                image = gr.Image(label="Input image", type="filepath", image_mode=None, format="png",
+                                 sources=["upload", "clipboard", "webcam"], elem_id="input-image")
                 info = gr.Markdown(elem_id="file-info")
-                with gr.Group():
-                    gr.Markdown("### 1. Noise")
-                    kind = gr.Radio(
-                        list(NOISE_KINDS), value="gaussian", label="Noise to add ('none': the photo is already noisy)", elem_id="noise-kind"
-                    )
-                    gauss_sigma = gr.Slider(0, 100, value=25, step=1, label="sigma (0-255 scale)", visible=True)
-                    poisson_peak = gr.Slider(1, 500, value=30, step=1, label="peak photons at white (lower = noisier)", visible=False)
-                    sp_amount = gr.Slider(0, 0.5, value=0.05, step=0.01, label="amount (share of pixels hit)", visible=False)
-                    sp_salt = gr.Slider(0, 1, value=0.5, step=0.05, label="salt ratio (share of white ones)", visible=False)
-                    speckle_sigma = gr.Slider(0, 1, value=0.2, step=0.01, label="sigma (multiplicative)", visible=False)
-                    camera_peak = gr.Slider(1, 1000, value=200, step=1, label="peak photons at white", visible=False)
-                    camera_read = gr.Slider(0, 20, value=2, step=0.5, label="read noise sigma (0-255)", visible=False)
-                    camera_quality = gr.Slider(0, 100, value=90, step=1, label="JPEG quality (0 = no JPEG)", visible=False)
+                with gr.Group(visible=False, elem_id="lab") as lab:
+                    gr.Markdown("### Noise lab: noise to add")
+                    kind = gr.Radio(list(KINDS), value="gaussian", label="noise_kind", elem_id="noise-kind")
+                    sigma = gr.Slider(0, 100, value=d["sigma"], step=1, label="sigma: gaussian std (0-255 scale)")
+                    peak = gr.Slider(1, 500, value=d["peak"], step=1, label="peak: photons at white (lower = noisier)", visible=False)
+                    amount = gr.Slider(0, 0.5, value=d["amount"], step=0.01, label="amount: share of values hit", visible=False)
+                    salt_ratio = gr.Slider(0, 1, value=d["salt_ratio"], step=0.05, label="salt_ratio: share of white ones", visible=False)
+                    whole_pixel = gr.Checkbox(d["whole_pixel"], label="whole_pixel: all channels of a pixel hit together",
+                                              visible=False, interactive=HAS_WHOLE_PIXEL)
+                    speckle_sigma = gr.Slider(0, 1, value=d["speckle_sigma"], step=0.01, label="speckle_sigma: multiplicative std", visible=False)
+                    camera_peak = gr.Slider(1, 1000, value=d["camera_peak"], step=1, label="camera_peak: photons at white", visible=False)
+                    camera_read = gr.Slider(0, 20, value=d["camera_read"], step=0.5, label="camera_read: read noise (0-255)", visible=False)
+                    camera_quality = gr.Slider(0, 100, value=d["camera_quality"], step=1, label="camera_quality: JPEG (0 = none)", visible=False)
                     seed = gr.Number(value=0, precision=0, label="seed", minimum=0)
+                    informed = gr.Checkbox(True, label="informed: tell the network the exact noise level it got (else estimated)")
+                    compare_btn = gr.Button("Compare all five kinds", elem_id="compare-btn")
                 with gr.Group():
-                    gr.Markdown("### 2. Denoise")
-                    strength_mode = gr.Radio(["auto", "manual"], value="auto", label="strength (auto: estimated from the image)")
-                    strength = gr.Slider(0, 100, value=25, step=0.5, label="strength: noise level sigma (0-255)", visible=False)
-                    realism = gr.Slider(
-                        0, 1, value=0, step=0.05, label="realism: fidelity (0) to GAN (1)", interactive=has_gan,
-                        info=None if has_gan else "disabled: these weights have no GAN stage",
-                    )
+                    gr.Markdown("### Denoise")
+                    auto_strength = gr.Checkbox(True, label="automatic strength (lab: the exact map; photo: estimated)", elem_id="auto-strength")
+                    strength = gr.Slider(0, 255, value=25, step=0.5, label="strength: noise level sigma (0-255)", visible=False, elem_id="strength")
+                    realism = gr.Slider(0, 1, value=0, step=0.05, label="realism: fidelity (0) to GAN (1)", interactive=has_gan,
+                                        info=None if has_gan else "disabled: these weights have no GAN stage")
                     ensemble = gr.Checkbox(False, label="best quality: average 8 flips/rotations (8x slower, about +0.2 dB)")
                     run_btn = gr.Button("Denoise", variant="primary", elem_id="denoise-btn")
-            with gr.Column(scale=2):
-                slider = gr.ImageSlider(label="Before / after (drag)", type="filepath", format="png", elem_id="slider", max_height=700)
-                with gr.Row():
-                    out_original = gr.Image(label="original", type="filepath", format="png", interactive=False, buttons=["download", "fullscreen"])
-                    out_noisy = gr.Image(label="noisy", type="filepath", format="png", interactive=False, buttons=["download", "fullscreen"])
-                    out_denoised = gr.Image(label="denoised", type="filepath", format="png", interactive=False, buttons=["download", "fullscreen"])
+                status = gr.Markdown(elem_id="status")
+                dataset = gr.Dataset(
+                    components=[gr.Image(visible=False, type="filepath")], samples=[[ex.path] for ex in examples],
+                    sample_labels=[ex.label for ex in examples], type="index", layout="gallery", samples_per_page=10,
+                    label="Examples (scikit-image sample photos; each opens in its mode)", elem_id="examples",
+                )
+            with gr.Column(scale=2, min_width=320):
+                with gr.Tabs(elem_id="views") as tabs:
+                    with gr.Tab("Before / after", id="slider-tab"):
+                        slider = gr.ImageSlider(label="Before / after (drag)", type="filepath", format="png", elem_id="slider", max_height=700)
+                    with gr.Tab("Noise-level map", id="map-tab", elem_id="map-tab"):
+                        map_md = gr.Markdown(elem_id="map-caption")
+                        map_img = gr.Image(label="noise-level map (0-255)", type="filepath", format="png", interactive=False,
+                                           elem_id="noise-map", buttons=["download", "fullscreen"])
+                    with gr.Tab("Removed noise", id="residual-tab", elem_id="residual-tab"):
+                        resid_md = gr.Markdown(elem_id="residual-caption")
+                        resid_img = gr.Image(label="residual: noisy - denoised, amplified", type="filepath", format="png",
+                                             interactive=False, elem_id="residual", buttons=["download", "fullscreen"])
+                    with gr.Tab("Images", id="images-tab"):
+                        with gr.Row():
+                            out_original = gr.Image(label="original", type="filepath", format="png", interactive=False, buttons=["download", "fullscreen"])
+                            out_noisy = gr.Image(label="noisy", type="filepath", format="png", interactive=False, buttons=["download", "fullscreen"])
+                            out_denoised = gr.Image(label="denoised", type="filepath", format="png", interactive=False, buttons=["download", "fullscreen"])
+                    with gr.Tab("Compare kinds", id="compare-tab", elem_id="compare-tab"):
+                        compare_note = gr.Markdown("Noise lab: **Compare all five kinds** runs every kind on this photo.", elem_id="compare-note")
+                        compare_gallery = gr.Gallery(label="noisy | denoised, per kind", columns=2, elem_id="compare-gallery",
+                                                     object_fit="contain", height="auto")
+                        compare_table = gr.Dataframe(label="summary", interactive=False, elem_id="compare-table", wrap=True)
                 metrics_md = gr.Markdown(elem_id="metrics")
                 download = gr.DownloadButton("Download", visible=False, elem_id="download")
                 metrics_json = gr.JSON(label="metrics", visible=False)
 
-        sliders = [gauss_sigma, poisson_peak, sp_amount, sp_salt, speckle_sigma, camera_peak, camera_read, camera_quality]
-        owner = ["gaussian", "poisson", "salt_pepper", "salt_pepper", "speckle", "camera", "camera", "camera"]
-        kind.change(
-            lambda k: [gr.update(visible=k == o) for o in owner] + [gr.update(visible=k != "none")],
-            kind, sliders + [seed], api_visibility="private", queue=False,
-        )
-        strength_mode.change(lambda m: gr.update(visible=m == "manual"), strength_mode, strength, api_visibility="private", queue=False)
+        settings = [sigma, peak, amount, salt_ratio, whole_pixel, speckle_sigma, camera_peak, camera_read, camera_quality]
+        owner = ["gaussian", "poisson", "salt_pepper", "salt_pepper", "salt_pepper", "speckle", "camera", "camera", "camera"]
+        kind.change(lambda k: [gr.update(visible=k == o) for o in owner], kind, settings, api_visibility="private", queue=False)
+        mode.change(lambda m: gr.update(visible=m == MODES[1]), mode, lab, api_visibility="private", queue=False)
+        auto_strength.change(lambda a: gr.update(visible=not a), auto_strength, strength, api_visibility="private", queue=False)
         image.change(describe_upload, image, info, preprocess=False, api_visibility="private", queue=False)
-
-        gr.Examples(examples, inputs=[image, kind, *sliders, seed], cache_examples=False, label="Examples (scikit-image sample photos)")
+        dataset.click(lambda i: example_updates(examples[i]), dataset, [image, mode, kind, *settings, auto_strength],
+                      api_visibility="private", queue=False)
 
         run_btn.click(
             ui_denoise,
-            inputs=[image, kind, *sliders, seed, strength_mode, strength, realism, ensemble],
-            outputs=[slider, out_original, out_noisy, out_denoised, metrics_md, download, metrics_json],
-            preprocess=False,
-            api_visibility="private",
-            concurrency_id="denoise",
-            concurrency_limit=CONCURRENCY,
+            inputs=[image, mode, kind, *settings, seed, informed, auto_strength, strength, realism, ensemble],
+            outputs=[slider, out_original, out_noisy, out_denoised, metrics_md, download, metrics_json, map_img, map_md,
+                     resid_img, resid_md, status],
+            preprocess=False, api_visibility="private", concurrency_id="denoise", concurrency_limit=CONCURRENCY,
+        )
+        compare_btn.click(lambda: gr.Tabs(selected="compare-tab"), None, tabs, api_visibility="private", queue=False)
+        compare_btn.click(
+            ui_compare, inputs=[image, *settings, seed, realism], outputs=[compare_gallery, compare_table, compare_note, status],
+            preprocess=False, api_visibility="private", concurrency_id="denoise", concurrency_limit=CONCURRENCY,
         )
 
-        # The public API: fixed, documented parameters on hidden components.
+        # The public API: fixed, documented parameters on hidden components (names = the UI's settings).
         with gr.Column(visible=False):
             a_image = gr.Image(label="image", type="filepath", image_mode=None, format="png")
-            a_kind = gr.Dropdown(list(NOISE_KINDS), value="none", label="noise_kind")
-            a_level = gr.Number(value=None, label="noise_level", info=LEVEL_HELP)
+            a_kind = gr.Dropdown(list(NOISE_KINDS), value="none", label="noise_kind", info="none = photo mode: nothing added")
+            a_settings = [
+                gr.Number(value=d["sigma"], label="sigma", info="gaussian: std on the 0-255 scale"),
+                gr.Number(value=d["peak"], label="peak", info="poisson: photons at white"),
+                gr.Number(value=d["amount"], label="amount", info="salt_pepper: share of values hit"),
+                gr.Number(value=d["salt_ratio"], label="salt_ratio", info="salt_pepper: share of white impulses"),
+                gr.Checkbox(d["whole_pixel"], label="whole_pixel", info="salt_pepper: all channels of a pixel together"),
+                gr.Number(value=d["speckle_sigma"], label="speckle_sigma", info="speckle: multiplicative std"),
+                gr.Number(value=d["camera_peak"], label="camera_peak", info="camera: photons at white"),
+                gr.Number(value=d["camera_read"], label="camera_read", info="camera: read noise, 0-255"),
+                gr.Number(value=d["camera_quality"], precision=0, label="camera_quality", info="camera: JPEG quality, 0 = none"),
+            ]
             a_seed = gr.Number(value=0, precision=0, label="seed")
-            a_strength = gr.Number(value=None, label="strength", info="noise level 0-255 for the network; empty = estimated")
+            a_informed = gr.Checkbox(True, label="informed", info="lab: give the network the exact map of the added noise")
+            a_strength = gr.Number(value=None, label="strength", info="noise level 0-255 for the network; empty = automatic")
             a_realism = gr.Number(value=0.0, label="realism", info="0 = fidelity, 1 = GAN")
             a_ensemble = gr.Checkbox(False, label="ensemble", info="average 8 flips/rotations: 8x the time, about +0.2 dB")
             a_file = gr.File(label="denoised PNG")
             a_metrics = gr.JSON(label="metrics")
             a_btn = gr.Button("api")
+            c_table = gr.JSON(label="table")
+            c_gallery = gr.Gallery(label="images")
+            c_btn = gr.Button("compare api")
         a_btn.click(
             api_denoise,
-            inputs=[a_image, a_kind, a_level, a_seed, a_strength, a_realism, a_ensemble],
-            outputs=[a_file, a_metrics],
-            preprocess=False,
-            api_name="denoise",
-            concurrency_id="denoise",
-            concurrency_limit=CONCURRENCY,
+            inputs=[a_image, a_kind, *a_settings, a_seed, a_informed, a_strength, a_realism, a_ensemble],
+            outputs=[a_file, a_metrics], preprocess=False, api_name="denoise",
+            concurrency_id="denoise", concurrency_limit=CONCURRENCY,
         )
+        c_btn.click(api_compare_kinds, inputs=[a_image, a_seed], outputs=[c_table, c_gallery], preprocess=False,
+                    api_name="compare_kinds", concurrency_id="denoise", concurrency_limit=CONCURRENCY)
     demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=CONCURRENCY)
     return demo
 
 
 def launch(demo: gr.Blocks, **kwargs: Any):
     """Launch with the demo's limits; kwargs override (tests use prevent_thread_lock=True, server_port=...)."""
-    opts: dict[str, Any] = dict(max_file_size=f"{MAX_FILE_MB}mb", show_error=True, server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
+    opts: dict[str, Any] = dict(max_file_size=f"{MAX_FILE_MB}mb", show_error=True, css=CSS,
+                                server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     opts.update(kwargs)
     return demo.launch(**opts)
 

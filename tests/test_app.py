@@ -71,17 +71,25 @@ def rgb_png(tmp_path) -> Path:
 
 
 def test_gaussian_noise_metrics_and_download(app, rgb_png):
-    calls = []
-    res = app.run(str(rgb_png), "gaussian", {"sigma": 25}, seed=3, progress=lambda *a, **k: calls.append(a[0]))
+    calls, stages = [], []
+
+    def progress(value, desc=None, **kwargs):
+        (calls if isinstance(value, tuple) else stages).append(value if isinstance(value, tuple) else desc)
+
+    res = app.run(str(rgb_png), "gaussian", {"sigma": 25}, seed=3, progress=progress)
     m = res.metrics
     # the noise really was added: the noisy image is about sigma=25 away from the original (PSNR ~ 20.2 dB)
     assert 18.5 < m["psnr_noisy"] < 22.0
     assert 0 < m["ssim_noisy"] < 0.9
     assert np.isfinite(m["psnr_denoised"]) and -1 <= m["ssim_denoised"] <= 1
-    assert 15 < m["sigma_estimated"] < 35 and m["sigma_used"] == m["sigma_estimated"] and m["strength"] == "auto"
-    assert m["sigma_estimator"] == "wavelet (scikit-image)"  # these weights have no estimator/
+    # the lab told the network the exact map of the noise it added
+    assert m["noise_map"] == "informed" and m["sigma_used"] == pytest.approx(25) and m["strength"] == "auto"
+    assert torch.allclose(res.noise_map, torch.full((1, 1, 40, 48), 25.0))
     assert m["seconds_total"] >= m["seconds_network"] > 0
-    # per-tile progress: 48x40 with 32-pixel tiles and 64 overlap -> several tiles, counted up to the total
+    # progress: each stage by name, then per tile (48x40 with 32-pixel tiles -> several), counted up to the total
+    for stage in ("Reading the image", "Adding gaussian noise", "Measuring PSNR / SSIM", "Writing lossless PNGs"):
+        assert stage in stages
+    assert set(m["seconds"]) >= {"read", "noise", "network", "metrics", "write", "views"}
     assert len(calls) > 1 and calls[-1][0] == calls[-1][1] == len(calls)
     out = res.files["denoised"]
     assert out.name == "photo_denoised.png"
@@ -90,18 +98,30 @@ def test_gaussian_noise_metrics_and_download(app, rgb_png):
     with Image.open(res.files["noisy"]) as im:
         noisy = np.asarray(im)
     assert np.abs(noisy.astype(int) - np.asarray(Image.open(rgb_png)).astype(int)).mean() > 5
+    assert res.files["original"] == rgb_png  # a PNG upload is shown as it is: no third encode
 
 
 def test_ensemble_averages_eight_passes(app, rgb_png):
     calls = []
     plain = app.run(str(rgb_png), "gaussian", {"sigma": 25}, seed=3, strength=25)
     best = app.run(str(rgb_png), "gaussian", {"sigma": 25}, seed=3, strength=25, ensemble=True,
-                   progress=lambda *a, **k: calls.append(a[0]))
+                   progress=lambda value, **k: calls.append(value) if isinstance(value, tuple) else None)
     assert best.metrics["ensemble"] is True and plain.metrics["ensemble"] is False
     assert plain.metrics["precision"] == app.resolve_precision(app.PRECISION)  # what really ran, e.g. bfloat16
     assert calls[-1][0] == calls[-1][1] == len(calls) and len(calls) % 8 == 0  # every tile of all 8 views
     assert torch.equal(plain.noisy.pixels, best.noisy.pixels)
     assert not torch.equal(plain.denoised.pixels, best.denoised.pixels)
+
+
+def test_ensemble_progress_on_a_one_tile_image_names_views_not_tiles(app, tmp_path, monkeypatch):
+    """Defect: 'Denoising tile 3/8' on a one-tile image with best quality. It counts views there."""
+    monkeypatch.setattr(app, "TILE", 512)
+    src = write_png(tmp_path / "small.png", (scene() * 255).round().astype(np.uint8))
+    descs = []
+    app.run(str(src), "gaussian", {"sigma": 25}, seed=0, ensemble=True, progress=lambda value, desc=None, **k: descs.append(desc))
+    tiles = [d for d in descs if d.startswith("Denoising ")]
+    assert tiles == [f"Denoising view {v}/8, tile 1/1" for v in range(1, 9)]
+    assert not any("tile 3/8" in d for d in descs)
 
 
 def test_seed_makes_noise_reproducible(app, rgb_png):
@@ -157,7 +177,7 @@ def test_16_bit_preserved(app, tmp_path):
 
 
 def test_gradio_payload_dict_keeps_the_upload_name(app, rgb_png):
-    file, metrics = app.api_denoise({"path": str(rgb_png), "orig_name": "holiday shot.png"}, "gaussian", 20, 0, None, 0.0, progress=None)
+    file, metrics = app.api_denoise({"path": str(rgb_png), "orig_name": "holiday shot.png"}, "gaussian", 20, progress=None)
     assert Path(file).name == "holiday_shot_denoised.png" and metrics["file"] == "holiday shot.png"
 
 
@@ -230,7 +250,7 @@ def test_bad_settings_are_gradio_errors(app, rgb_png):
     with pytest.raises(gr.Error, match="Unknown noise kind"):
         app.run(str(rgb_png), "rain")
     with pytest.raises(gr.Error, match="Bad noise settings"):
-        app.api_denoise(str(rgb_png), "gaussian", -5, 0, None, 0.0, progress=None)
+        app.api_denoise(str(rgb_png), "gaussian", -5, progress=None)
     with pytest.raises(gr.Error, match="Strength"):
         app.run(str(rgb_png), "none", strength=-1.0)
     with pytest.raises(gr.Error, match="Realism"):
@@ -258,10 +278,15 @@ def test_auto_strength_uses_the_weights_estimator(app, rgb_png, tmp_path, monkey
     est.save_pretrained(folder / "estimator")
     monkeypatch.setattr(app, "_weights", None)
     monkeypatch.setenv("GANLIB_WEIGHTS", str(folder))
-    m = app.run(str(rgb_png), "gaussian", {"sigma": 40}, seed=0).metrics
+    m = app.run(str(rgb_png), "gaussian", {"sigma": 40}, seed=0, informed=False).metrics
     assert m["sigma_estimated"] == pytest.approx(17, abs=1e-3) and m["sigma_used"] == m["sigma_estimated"]
-    assert m["sigma_estimator"] == "learned (estimator/)"
+    assert m["sigma_estimator"] == "learned (estimator/)" and m["noise_map"] == "estimated"
     assert "learned noise-level estimator" in app.weights_banner()
+    photo = app.run(str(rgb_png), "none", {}, seed=0)  # photo mode: nothing added, the map is estimated
+    assert photo.metrics["noise_map"] == "estimated" and photo.metrics["sigma_used"] == pytest.approx(17, abs=1e-3)
+    assert "estimated" in photo.captions["map"]
+    informed = app.run(str(rgb_png), "gaussian", {"sigma": 40}, seed=0).metrics  # lab default: the exact map
+    assert informed["noise_map"] == "informed" and informed["sigma_used"] == pytest.approx(40)
     assert app.run(str(rgb_png), "gaussian", {"sigma": 40}, seed=0, strength=30).metrics["sigma_used"] == 30  # manual wins
 
 
@@ -275,22 +300,169 @@ def test_no_weights_gives_a_clear_error(app, rgb_png, tmp_path, monkeypatch):
     assert "none loaded" in app.weights_banner()
 
 
+def ui_args(app, image, mode="Noise lab", kind="gaussian", **over):
+    """The Denoise button's inputs, in the page's order, with the page's defaults."""
+    values = {**app.LAB_DEFAULTS, "seed": 0, "informed": True, "auto_strength": True, "strength": 25.0, "realism": 0.0,
+              "ensemble": False, **over}
+    return (image, mode, kind, *[values[k] for k in app.SETTING_NAMES], values["seed"], values["informed"],
+            values["auto_strength"], values["strength"], values["realism"], values["ensemble"])
+
+
 def test_ui_function_returns_every_view(app, rgb_png):
-    slider, original, noisy, denoised, md, download, metrics = app.ui_denoise(
-        {"path": str(rgb_png), "orig_name": "photo.png"}, "gaussian", 25, 30, 0.05, 0.5, 0.2, 200, 2, 0, 1, "manual", 20, 0.0, progress=None
-    )
+    outs = app.ui_denoise(*ui_args(app, {"path": str(rgb_png), "orig_name": "photo.png"}, auto_strength=False, strength=20), progress=None)
+    assert len(outs) == app.DENOISE_OUTPUTS
+    slider, original, noisy, denoised, md, download, metrics, heat, heat_md, resid, resid_md, status = outs
     assert slider == (noisy["value"], denoised) and noisy["visible"] is True
     assert Path(download["value"]).name == "photo_denoised.png" and download["label"] == "Download photo_denoised.png"
-    assert metrics["sigma_used"] == 20 and "PSNR" in md
+    assert metrics["sigma_used"] == 20 and metrics["noise_map"] == "manual" and "PSNR" in md
     assert f"s network ({metrics['precision']})" in md
-    assert all(Path(p).suffix == ".png" for p in (original, noisy["value"], denoised))
+    assert all(Path(p).suffix == ".png" for p in (original, noisy["value"], denoised, heat, resid))
+    assert "set by hand" in heat_md and "amplified x" in resid_md and status == ""
 
 
-def test_examples_cover_every_noise_kind(app, tmp_path):
+def test_photo_mode_adds_nothing(app, rgb_png):
+    """'Denoise my photo' is the page's default mode: whatever the lab's kind says, no noise is added."""
+    outs = app.ui_denoise(*ui_args(app, str(rgb_png), mode="Denoise my photo", kind="gaussian", sigma=50), progress=None)
+    metrics = outs[6]
+    assert metrics["mode"] == "photo" and metrics["noise_kind"] == "none" and "psnr_noisy" not in metrics
+    assert metrics["noise_map"] == "estimated" and "estimated" in outs[8]
+    assert outs[2]["visible"] is False  # no noisy view
+    assert outs[0][0] == str(rgb_png)  # the slider's 'before' is the upload itself
+
+
+def test_an_error_keeps_the_previous_results(app, rgb_png, tmp_path):
+    """Defect: an error wiped the previous results. The UI handler now leaves every output unchanged."""
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    outs = app.ui_denoise(*ui_args(app, str(bad)), progress=None)
+    assert len(outs) == app.DENOISE_OUTPUTS
+    for out in outs[:-1]:
+        assert out == gr.update()  # no change
+    assert "not an image" in outs[-1] and "previous results are kept" in outs[-1]
+    gallery, table, note, status = app.ui_compare(None, *[app.LAB_DEFAULTS[k] for k in app.SETTING_NAMES], 0, 0.0, progress=None)
+    assert gallery == gr.update() and table == gr.update() and note == gr.update() and "Upload an image" in status
+
+
+def test_metrics_say_which_realism_ran(app, rgb_png):
+    """Defect: the metrics did not say which realism ran."""
+    res = app.run(str(rgb_png), "gaussian", {"sigma": 25}, seed=0, realism=0.5)
+    assert res.metrics["realism"] == 0.5
+    assert "realism 0.50 (blend)" in app._metrics_markdown(res)
+    assert "realism 0.00 (fidelity)" in app._metrics_markdown(app.run(str(rgb_png), "gaussian", {"sigma": 25}, seed=0))
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 3000)])
+def test_flat_and_tiny_images_are_noise_free_and_unchanged(app, tmp_path, monkeypatch, shape):
+    """Defect: a clean 1x1 image was read as sigma 54 (colour changed), a flat 3000x1 strip as sigma 32.
+    With an estimator that reads 17 everywhere, a flat image with noise 'none' is still sigma 0 and unchanged."""
+    from ganlib.models import EstimatorConfig, NoiseEstimator
+
+    folder = make_weights(tmp_path / "w", gan=False)
+    est = NoiseEstimator(EstimatorConfig(width=8))
+    with torch.no_grad():
+        est.out.weight.zero_()
+        est.out.bias.fill_(float(np.log(17 / 255 + NoiseEstimator.eps)))
+    est.save_pretrained(folder / "estimator")
+    monkeypatch.setattr(app, "_weights", None)
+    monkeypatch.setenv("GANLIB_WEIGHTS", str(folder))
+    pixels = np.zeros((*shape, 3), np.uint8)
+    pixels[...] = (200, 90, 31)
+    src = write_png(tmp_path / "flat.png", pixels)
+    res = app.run(str(src), "none", {}, seed=0)
+    assert res.metrics["sigma_used"] == 0 and res.metrics["noise_map"] == "estimated"
+    assert any("noise-free" in n for n in res.metrics["notes"])
+    with Image.open(res.files["denoised"]) as im:
+        assert np.array_equal(np.asarray(im), pixels)
+
+
+def test_strength_slider_covers_its_label(app, tmp_path):
+    """Defect: the strength was labelled (0-255) but the slider stopped at 100."""
+    demo = app.build_demo(tmp_path / "ex")
+    slider = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "strength")
+    assert "0-255" in slider.label and slider.minimum == 0 and slider.maximum == 255
+
+
+def test_quality_matches_ganlib_metrics(app, monkeypatch):
+    """The demo's one-pass PSNR/SSIM give ganlib.metrics' numbers, also across row blocks."""
+    from ganlib.metrics import psnr, ssim
+
+    g = torch.Generator().manual_seed(0)
+    ref = torch.rand(1, 3, 57, 43, generator=g)
+    a = (ref + 0.1 * torch.randn(ref.shape, generator=g)).clamp(0, 1)
+    b = ref * 0.8 + 0.3  # partly above 1: clipped first, as ganlib.metrics does
+    monkeypatch.setattr(app, "_SSIM_ROWS", 16)
+    for (p, s), img in zip(app.quality(ref, a, b), (a, b)):
+        assert p == pytest.approx(psnr(img, ref), abs=2e-3) and s == pytest.approx(ssim(img, ref), abs=2e-4)
+    assert app.quality(ref, ref)[0] == (None, 1.0)  # identical: infinite PSNR has no number
+    assert app.quality(ref[..., :8, :8], a[..., :8, :8])[0][1] is None  # too small for the 11x11 window
+
+
+def test_heat_map_has_a_labelled_scale(app):
+    m = torch.linspace(0, 40, 80).view(1, 1, 1, 80).expand(1, 1, 64, 80)
+    img, top = app.heatmap_image(m, "noise level")
+    assert top == 50  # a round top above the largest value (40)
+    arr = np.asarray(img)
+    assert img.width > 80 + 18 and img.height > 64  # map + colour bar + labels + title
+    body = arr[img.height - 64 - 8 : img.height - 8, 8 : 8 + 80]  # the map, below the title, inside the padding
+    assert np.array_equal(body[0, 0], app.LUT[0]) and np.array_equal(body[0, -1], app.LUT[round(40 / 50 * 255)])
+
+
+def test_residual_is_amplified_and_cropped_on_large_images(app, monkeypatch):
+    g = torch.Generator().manual_seed(0)
+    clean = torch.full((1, 3, 40, 48), 0.5)
+    noisy = clean + 0.01 * torch.randn(clean.shape, generator=g)  # std 0.01 -> gain 16 (0.5 / 0.03 = 16.7)
+    view, gain, box = app.residual_view(noisy, clean)
+    assert gain == 16 and box is None and view.shape == clean.shape
+    assert torch.allclose(view, (0.5 + 16 * (noisy - clean)).clamp(0, 1))
+    assert app.residual_view(clean, clean)[1] == 1  # nothing removed: no amplification, flat grey
+    monkeypatch.setattr(app, "RESIDUAL_MAX_SIDE", 16)
+    view, gain, box = app.residual_view(noisy, clean)
+    assert view.shape[-2:] == (16, 16) and box == (12, 16, 16, 16)
+
+
+def test_compare_all_five_kinds(app, rgb_png, monkeypatch):
+    calls = []
+    table, gallery, note = app.compare(str(rgb_png), {"sigma": 30, "camera_quality": 80}, seed=1,
+                                       progress=lambda value, **k: calls.append(value))
+    assert [r["kind"] for r in table] == list(app.KINDS)
+    assert table[0]["settings"] == "sigma 30" and "JPEG 80" in table[-1]["settings"]  # the lab's current levels
+    for r in table:
+        assert {"psnr_noisy", "psnr_denoised", "ssim_noisy", "ssim_denoised"} <= set(r) and r["psnr_noisy"] < 35
+    assert len(gallery) == 10 and all(Path(p).is_file() for p, _ in gallery)
+    assert "gaussian" in gallery[0][1] and "noisy" in gallery[0][1] and "denoised" in gallery[1][1]
+    assert note == "Whole photo, 48x40."
+    monkeypatch.setattr(app, "COMPARE_MAX_SIDE", 32)  # a 'large' photo: a labelled centre crop, never downscaled
+    table, gallery, note = app.compare(str(rgb_png), None, seed=1)
+    assert note.startswith("Centre crop 32x32 at x=8, y=4 of the 48x40 photo")
+    with Image.open(gallery[0][0]) as im:
+        assert im.size == (32, 32)
+
+
+def test_kind_params_and_api_defaults_match_the_page(app):
+    """One set of names and defaults for the page, the API and the README."""
+    import inspect
+
+    sig = inspect.signature(app.api_denoise).parameters
+    for name, value in app.LAB_DEFAULTS.items():
+        assert sig[name].default == value
+    assert app.kind_params("camera", {"camera_quality": 0}) == {"peak": 200.0, "sigma": 2.0, "quality": None}
+    assert app.kind_params("camera", {"camera_quality": 85, "camera_read": 3}) == {"peak": 200.0, "sigma": 3, "quality": 85}
+    assert app.kind_params("speckle", {"speckle_sigma": 0.3, "sigma": 99}) == {"sigma": 0.3}
+    if app.HAS_WHOLE_PIXEL:
+        assert app.kind_params("salt_pepper", {"whole_pixel": True})["whole_pixel"] is True
+
+
+def test_examples_one_per_kind_plus_gray_and_real_noise(app, tmp_path):
     rows = app.make_examples(tmp_path / "ex")
-    assert {r[1] for r in rows} == set(app.NOISE_KINDS)
-    modes = {Image.open(r[0]).mode for r in rows}
-    assert {"RGB", "L", "RGBA"} <= modes
+    lab = [r for r in rows if r.mode == "Noise lab"]
+    assert {r.kind for r in lab} == set(app.KINDS)
+    photo = [r for r in rows if r.mode == "Denoise my photo"]
+    assert len(photo) == 1 and "noisy" in photo[0].label
+    assert any(Image.open(r.path).mode == "L" for r in rows) and len(rows) == 7
+    for r in rows:  # only the settings that apply to each example's kind
+        assert set(r.settings) <= set(app.KIND_SETTINGS[r.kind]) and len(r.label) <= 40
+        values = app.example_updates(r)
+        assert values[0] == r.path and values[1] == r.mode and values[2] == r.kind
 
 
 # ----------------------------------------------------------------------------- the live server
@@ -317,19 +489,47 @@ def test_api_denoise_endpoint(server, rgb_png):
 
     client = Client(server, verbose=False)
     info = client.view_api(print_info=False, return_format="dict")["named_endpoints"]["/denoise"]
-    assert [p["parameter_name"] for p in info["parameters"]] == ["image", "noise_kind", "noise_level", "seed", "strength", "realism", "ensemble"]
-    file, metrics = client.predict(image=handle_file(str(rgb_png)), noise_kind="gaussian", noise_level=25, seed=0, api_name="/denoise")
+    assert [p["parameter_name"] for p in info["parameters"]] == [
+        "image", "noise_kind", "sigma", "peak", "amount", "salt_ratio", "whole_pixel", "speckle_sigma", "camera_peak",
+        "camera_read", "camera_quality", "seed", "informed", "strength", "realism", "ensemble"]
+    file, metrics = client.predict(image=handle_file(str(rgb_png)), noise_kind="gaussian", sigma=25, seed=0, api_name="/denoise")
     assert Path(file).name == "photo_denoised.png"
     with Image.open(file) as im:
         assert im.format == "PNG" and im.size == (48, 40)
     assert metrics["noise_kind"] == "gaussian" and 18.5 < metrics["psnr_noisy"] < 22.0 and "psnr_denoised" in metrics
+    assert metrics["noise_map"] == "informed" and metrics["realism"] == 0
+    # the camera's read noise and JPEG quality, and the salt ratio, are API parameters
+    _, jpeg = client.predict(image=handle_file(str(rgb_png)), noise_kind="camera", camera_peak=50, camera_read=4,
+                             camera_quality=30, api_name="/denoise")
+    _, raw = client.predict(image=handle_file(str(rgb_png)), noise_kind="camera", camera_peak=50, camera_read=4, api_name="/denoise")
+    assert jpeg["noise_params"]["quality"] == 30 and raw["noise_params"] == {"peak": 50, "sigma": 4, "quality": None}
+    assert jpeg["psnr_noisy"] != raw["psnr_noisy"]
+    _, white = client.predict(image=handle_file(str(rgb_png)), noise_kind="salt_pepper", amount=0.2, salt_ratio=1.0, api_name="/denoise")
+    assert white["noise_params"]["salt_ratio"] == 1.0 and white["impulses_removed"] in (True, False)
     # bad input comes back as the one-sentence gr.Error message, and the server keeps serving
     bad = rgb_png.with_name("fake.png")
     bad.write_bytes(b"not an image")
     with pytest.raises(Exception, match="not an image"):
         client.predict(image=handle_file(str(bad)), api_name="/denoise")
     file, metrics = client.predict(image=handle_file(str(rgb_png)), api_name="/denoise")
-    assert metrics["noise_kind"] == "none" and Path(file).is_file()
+    assert metrics["noise_kind"] == "none" and metrics["mode"] == "photo" and Path(file).is_file()
+
+
+def test_api_compare_kinds_endpoint(server, rgb_png):
+    from gradio_client import Client, handle_file
+
+    client = Client(server, verbose=False)
+    info = client.view_api(print_info=False, return_format="dict")["named_endpoints"]["/compare_kinds"]
+    assert [p["parameter_name"] for p in info["parameters"]] == ["image", "seed"]
+    table, gallery = client.predict(image=handle_file(str(rgb_png)), seed=2, api_name="/compare_kinds")
+    assert [r["kind"] for r in table] == ["gaussian", "poisson", "salt_pepper", "speckle", "camera"]
+    for r in table:
+        assert {"psnr_noisy", "psnr_denoised", "ssim_noisy", "ssim_denoised", "crop"} <= set(r)
+        assert 5 < r["psnr_noisy"] < 40 and r["crop"] == "Whole photo, 48x40."
+    assert len(gallery) == 10
+    with Image.open(gallery[1]["image"]) as im:
+        assert im.size == (48, 40)
+    assert "gaussian" in gallery[1]["caption"] and "denoised" in gallery[1]["caption"]
 
 
 def test_full_queue_says_so(app, tmp_path, rgb_png, monkeypatch):
