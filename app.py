@@ -36,8 +36,8 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import gradio as gr
 import numpy as np
@@ -45,17 +45,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
-from ganlib import inference as _inference
-from ganlib import noise as _noise
+from ganlib.compare import KindComparison, compare_kinds, crop_for_compare
 from ganlib.hub import Weights, load_weights
-from ganlib.images import ImageData, ImageError, load_image, save_image, to_numpy
-from ganlib.inference import denoise_image, estimate_sigma, resolve_precision
-from ganlib.noise import DEFAULTS, KINDS, add_noise
-
-try:  # the comparison helpers of the library (compare_kinds, crop_for_compare)
-    from ganlib import compare as _compare
-except ImportError:  # an older ganlib: the demo's own fallback below
-    _compare = None
+from ganlib.images import ImageData, ImageError, load_image, save_image
+from ganlib.inference import Restored, resolve_precision, restore
+from ganlib.noise import DEFAULTS, KINDS, add_noise, informed_noise_map
 
 try:  # Hugging Face ZeroGPU: present on Spaces only; a plain CPU run never needs it
     import spaces
@@ -138,44 +132,6 @@ def weights_banner() -> str:
     gan = "fidelity + GAN (realism slider enabled)" if w.gan is not None else "fidelity only (no GAN weights: realism disabled)"
     auto = "learned noise-level estimator" if w.estimator is not None else "wavelet noise estimate (no estimator/ weights)"
     return f"**Weights in use:** `{w.source}` - {gan}; auto strength: {auto}"
-
-
-# ----------------------------------------------------------------------------- library calls (with fallbacks)
-
-
-def _lib_restore(weights: Weights, image: ImageData, *, sigma: float | torch.Tensor | None, impulses: bool | None,
-                 realism: float, progress: Callable[[int, int], None] | None, ensemble: bool) -> Any:
-    """`ganlib.inference.restore` (denoised image, noise-level map, sigma, estimated, impulses); older ganlib:
-    the same fields from estimate_sigma + denoise_image."""
-    kwargs = dict(realism=realism, tile=TILE, overlap=OVERLAP, progress=progress, precision=PRECISION, ensemble=ensemble)
-    restore = getattr(_inference, "restore", None)
-    if restore is not None:
-        return restore(weights, image, sigma=sigma, impulses=impulses, **kwargs)
-    estimated = sigma is None
-    if estimated:
-        sigma = estimate_sigma(image.pixels, weights.estimator)
-    h, w = image.size
-    smap = sigma if isinstance(sigma, torch.Tensor) else torch.full((1, 1, h, w), float(sigma))
-    out = denoise_image(weights, image, sigma=sigma, **kwargs)
-    return SimpleNamespace(image=out, noise_map=smap, sigma=float(smap.mean()), estimated=estimated, impulses=False, impulse_fraction=0.0)
-
-
-def _informed_map(clean: torch.Tensor, kind: str, params: dict[str, Any]) -> torch.Tensor:
-    """The exact (1,1,H,W) noise-level map, 0-255 scale, of the noise the lab added to `clean`."""
-    informed = getattr(_noise, "informed_noise_map", None)
-    if informed is not None:
-        return informed(clean, kind, **params)
-    return _noise.noise_std_map(clean, kind, **params) * 255.0
-
-
-def _crop_for_compare(pixels: torch.Tensor, max_side: int = COMPARE_MAX_SIDE) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
-    """A centre crop of at most max_side x max_side and its box (y, x, h, w)."""
-    if _compare is not None and hasattr(_compare, "crop_for_compare"):
-        return _compare.crop_for_compare(pixels, max_side=max_side)
-    h, w = pixels.shape[-2:]
-    ch, cw = min(h, max_side), min(w, max_side)
-    y, x = (h - ch) // 2, (w - cw) // 2
-    return pixels[..., y : y + ch, x : x + cw], (y, x, ch, cw)
 
 
 # ----------------------------------------------------------------------------- core
@@ -420,13 +376,14 @@ def _gpu(fn):
 
 @_gpu
 def _run_network(weights: Weights, noisy: ImageData, sigma: float | torch.Tensor | None, realism: float, progress,
-                 ensemble: bool = False, impulses: bool | None = None) -> Any:
+                 ensemble: bool = False, impulses: bool | None = None) -> Restored:
     """restore() on the GPU when there is one: returns its result (image, noise_map, sigma, estimated, ...)."""
     if torch.cuda.is_available():
         weights.fidelity.to("cuda")
         if weights.gan is not None:
             weights.gan.to("cuda")
-    return _lib_restore(weights, noisy, sigma=sigma, impulses=impulses, realism=realism, progress=progress, ensemble=ensemble)
+    return restore(weights, noisy, sigma=sigma, impulses=impulses, realism=realism, tile=TILE, overlap=OVERLAP, progress=progress,
+                   precision=PRECISION, ensemble=ensemble)
 
 
 def _flat(pixels: torch.Tensor) -> bool:
@@ -555,7 +512,7 @@ def _run(image, noise_kind, noise_params, seed, strength, realism, progress, ens
         try:
             pixels = add_noise(original.pixels, noise_kind, seed=seed, quantize=original.bit_depth == 8, **params)
             if strength is None and informed:
-                sigma = _informed_map(original.pixels, noise_kind, params)
+                sigma = informed_noise_map(original.pixels, noise_kind, **params)
                 impulses = noise_kind == "salt_pepper"
         except ValueError as err:
             raise gr.Error(f"Bad noise settings: {err}.") from None
@@ -565,8 +522,7 @@ def _run(image, noise_kind, noise_params, seed, strength, realism, progress, ens
     if sigma is None and _flat(source.pixels):  # nothing to read noise from and nothing to remove
         stages.start("network", "Flat image: nothing to denoise")
         h, w = source.size
-        restored = SimpleNamespace(image=source, noise_map=torch.zeros(1, 1, h, w), sigma=0.0, estimated=True,
-                                   impulses=False, impulse_fraction=0.0)
+        restored = Restored(image=source, noise_map=torch.zeros(1, 1, h, w), sigma=0.0, estimated=True)
         skipped = True
     else:
         stages.start("network", "Estimating the noise level" if sigma is None else "Denoising")
@@ -608,8 +564,8 @@ def _run(image, noise_kind, noise_params, seed, strength, realism, progress, ens
         "sigma_used": round(float(restored.sigma), 3),
         "sigma_estimated": round(float(restored.sigma), 3) if map_kind == "estimated" else None,
         "strength": "manual" if strength is not None else "auto",
-        "impulses_removed": bool(getattr(restored, "impulses", False)),
-        "impulse_fraction": round(float(getattr(restored, "impulse_fraction", 0.0)), 5),
+        "impulses_removed": bool(restored.impulses),
+        "impulse_fraction": round(float(restored.impulse_fraction), 5),
         "realism": realism,
         "ensemble": ensemble,
         "network_skipped": skipped,
@@ -680,7 +636,7 @@ def compare(image: Any, settings: dict[str, Any] | None = None, seed: int | floa
         progress(0.0, desc="Reading the image")
     original, name, _ = _load(image)
     h, w = original.size
-    crop, (y, x, ch, cw) = _crop_for_compare(original.pixels, COMPARE_MAX_SIDE)
+    crop, (y, x, ch, cw) = crop_for_compare(original.pixels, max_side=COMPARE_MAX_SIDE)
     note = (f"Centre crop {cw}x{ch} at x={x}, y={y} of the {w}x{h} photo (comparisons run on at most "
             f"{COMPARE_MAX_SIDE}x{COMPARE_MAX_SIDE} pixels)." if (ch, cw) != (h, w) else f"Whole photo, {w}x{h}.")
     levels = {kind: kind_params(kind, settings or {}) for kind in KINDS}
@@ -700,9 +656,8 @@ def compare(image: Any, settings: dict[str, Any] | None = None, seed: int | floa
             "seconds": round(float(r.seconds), 3),
         })
         for which in ("noisy", "denoised"):
-            path = save_image(original.with_pixels(getattr(r, which)) if original.alpha is None or (ch, cw) == (h, w)
-                              else ImageData(pixels=getattr(r, which), bit_depth=original.bit_depth),
-                              out / f"{stem}_{r.kind}_{which}.png", compress_level=PNG_LEVEL)
+            shown = ImageData(pixels=getattr(r, which), bit_depth=original.bit_depth, icc_profile=original.icc_profile)
+            path = save_image(shown, out / f"{stem}_{r.kind}_{which}.png", compress_level=PNG_LEVEL)
             p, s = (r.psnr_noisy, r.ssim_noisy) if which == "noisy" else (r.psnr_denoised, r.ssim_denoised)
             gallery.append((str(path), f"{r.kind} ({desc}) {which}: {_fmt(p, 2)} dB, SSIM {_fmt(s, 4)}"))
     return table, gallery, note
@@ -716,29 +671,15 @@ def _fmt(x: float | None, digits: int) -> str:
     return "n/a" if x is None or not math.isfinite(float(x)) else f"{x:.{digits}f}"
 
 
-def _compare_kinds(weights: Weights, clean: torch.Tensor, levels: dict[str, dict], seed: int, realism: float, progress: Any) -> list[Any]:
-    """`ganlib.compare.compare_kinds` (noise clipped and 8-bit, informed maps); older ganlib: the same here."""
-    def report(done: int, total: int, kind: str | None = None) -> None:
-        if progress is not None:
-            progress((done, total), desc=f"Compared {kind or done} ({done}/{total})")
+def _compare_kinds(weights: Weights, clean: torch.Tensor, levels: dict[str, dict], seed: int, realism: float,
+                   progress: Any) -> list[KindComparison]:
+    """`ganlib.compare.compare_kinds` (noise clipped and 8-bit, informed maps) with the page's progress."""
 
-    if _compare is not None and hasattr(_compare, "compare_kinds"):
-        return _compare.compare_kinds(weights, clean, levels=levels, seed=seed, realism=realism, precision=PRECISION,
-                                      informed=True, progress=report)
-    rows = []
-    for i, kind in enumerate(KINDS):
-        t = time.perf_counter()
-        params = levels[kind]
-        noisy = add_noise(clean, kind, seed=seed, quantize=True, **params)
-        smap = _informed_map(clean, kind, params)
-        res = _lib_restore(weights, ImageData(pixels=noisy), sigma=smap, impulses=kind == "salt_pepper", realism=realism,
-                           progress=None, ensemble=False)
-        (pn, sn), (pd, sd) = quality(clean, noisy, res.image.pixels)
-        rows.append(SimpleNamespace(kind=kind, params=params, noisy=noisy, denoised=res.image.pixels, noise_map=smap,
-                                    psnr_noisy=pn, psnr_denoised=pd, ssim_noisy=sn, ssim_denoised=sd,
-                                    seconds=time.perf_counter() - t))
-        report(i + 1, len(KINDS), kind)
-    return rows
+    def report(done: int, total: int, kind: str) -> None:
+        if progress is not None:
+            progress((done, total), desc=f"Compared {kind} ({done}/{total})")
+
+    return compare_kinds(weights, clean, levels=levels, seed=seed, realism=realism, precision=PRECISION, informed=True, progress=report)
 
 
 # ----------------------------------------------------------------------------- API and UI wrappers
