@@ -6,7 +6,7 @@ import torch
 
 from ganlib.hub import Weights
 from ganlib.images import ImageData
-from ganlib.inference import denoise, denoise_image, estimate_sigma
+from ganlib.inference import denoise, denoise_image, estimate_noise_map, estimate_sigma, restore
 from ganlib.models import Generator, GeneratorConfig
 from ganlib.noise import add_noise
 
@@ -228,7 +228,7 @@ def test_estimate_sigma_with_an_estimator_tiles_and_channels():
     estimate_sigma(x, est, tile=32, max_tiles=1)
     assert len(calls) == 1
     assert estimate_sigma(x.mean(dim=1, keepdim=True), constant_estimator(12.0)) == pytest.approx(12.0, rel=1e-4)  # gray input
-    with pytest.raises(ValueError, match="tile and max_tiles must be >= 1"):
+    with pytest.raises(ValueError, match="tile must be >= 8 and max_tiles >= 1"):
         estimate_sigma(x, est, max_tiles=0)
 
 
@@ -237,6 +237,38 @@ def test_denoise_image_estimates_with_the_weights_estimator():
     weights = Weights(fidelity=model, source="mem", estimator=constant_estimator(20.0))
     image = ImageData(pixels=x, alpha=None, bit_depth=8, icc_profile=None, name="t", notes=[])
     auto = denoise_image(weights, image).pixels
-    assert torch.equal(auto, denoise(model, x, estimate_sigma(x, weights.estimator)))
+    smap, summary = estimate_noise_map(x, weights.estimator)
+    assert torch.allclose(smap, torch.full_like(smap, 20.0), rtol=1e-4)  # a constant level gives a constant map
+    assert torch.equal(auto, denoise(model, x, smap))
     assert estimate_sigma(x, weights.estimator) == pytest.approx(20.0, rel=1e-4)
     assert not torch.equal(auto, denoise_image(Weights(fidelity=model, source="mem"), image).pixels)  # wavelet estimate differs
+
+
+def test_gray_stored_as_rgb_stays_gray():
+    model = tiny()
+    gray = noisy_image(48, 64)[:, :1]
+    rgb = gray.expand(-1, 3, -1, -1).contiguous()
+    out = denoise(model, rgb, 25.0)
+    assert torch.equal(out[:, 0], out[:, 1]) and torch.equal(out[:, 1], out[:, 2])
+    assert torch.allclose(out[:, :1], denoise(model, gray, 25.0))  # same as the 1-channel photo
+
+
+def test_restore_reports_the_map_and_removes_impulses():
+    model = tiny()
+    with torch.no_grad():  # the identity: what changes is the switching median's doing
+        model.tail.weight.zero_()
+        model.tail.bias.zero_()
+    clean = smooth(64, 80)
+    weights = Weights(fidelity=model, source="mem", estimator=constant_estimator(12.0))
+    given = restore(weights, ImageData(pixels=add_noise(clean, "gaussian", sigma=10, seed=0)), sigma=10.0)
+    assert not given.estimated and given.sigma == 10.0 and given.noise_map.shape == (1, 1, 64, 80)
+    blind = restore(weights, ImageData(pixels=add_noise(clean, "gaussian", sigma=10, seed=0)))
+    assert blind.estimated and blind.sigma == pytest.approx(12.0, rel=1e-3) and not blind.impulses
+    noisy = add_noise(clean, "salt_pepper", amount=0.1, seed=0, quantize=True)
+    res = restore(weights, ImageData(pixels=noisy), impulses=True)
+    hit = noisy != (clean * 255).round() / 255
+    assert res.impulses and res.impulse_fraction == pytest.approx(float(hit.float().mean()), abs=1e-3)
+    assert torch.equal(res.image.pixels[~hit], noisy[~hit])  # only the impulses change
+    assert (res.image.pixels - clean).abs()[hit].mean() < 0.1
+    with pytest.raises(ValueError, match="sigma"):
+        restore(weights, ImageData(pixels=noisy), sigma=float("nan"), impulses=False)

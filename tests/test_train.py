@@ -511,3 +511,36 @@ def test_estimator_stage_learns_exports_and_loads_beside_the_generator(workspace
         trainer.parse_config(["--data", "d", "--config", str(preset), "--crop", "36"])
     bad = ["--data", str(workspace["data"]), "--output-dir", str(tmp_path / "bad"), "--config", str(preset), "--init", str(fidelity_run / "final")]
     assert trainer.main(bad) == 2  # a generator folder is no estimator: a clear error, not a traceback
+
+
+def test_small_folders_train_with_the_automatic_validation_share(tmp_path: Path) -> None:
+    from train.data import auto_val_count, list_folders
+
+    paths = list_images(make_photos(tmp_path / "a", n=6), min_size=32)
+    train_paths, val_paths = split(paths, 0, seed=0)
+    assert len(val_paths) == auto_val_count(6) == 1 and len(train_paths) == 5
+    assert auto_val_count(1000) == 80 and auto_val_count(10_000) == 300 and auto_val_count(1) == 0
+    assert split(paths[:1], 0, seed=0) == (paths[:1], paths[:1])  # one photo: trains and validates on it
+    with pytest.raises(ValueError, match="--val-count below 6"):
+        split(paths, 300, seed=0)
+    make_photos(tmp_path / "b", n=3)
+    both = list_folders(f"{tmp_path / 'a'},{tmp_path / 'b'}", min_size=32)
+    assert len(both) == 9
+
+
+def test_mixture_gray_real_and_overstated_samples() -> None:
+    from train.data import sample_noise
+
+    clean = torch.rand(3, 48, 48, generator=torch.Generator().manual_seed(0)) * 0.8 + 0.1
+    gray_cfg = NoiseConfig(mix={"gaussian": 1.0}, gray_prob=1.0, sigma=(20.0, 20.0), clip_prob=0.0)
+    target, noisy, smap = sample_noise(clean, gray_cfg, torch.Generator().manual_seed(1))
+    assert torch.equal(target[0], target[1]) and torch.equal(noisy[0], noisy[2])  # gray, channel-identical noise
+    assert abs(float((noisy - target).std()) * 255 - 20) < 2 and torch.allclose(smap, torch.full_like(smap, 20 / 255))
+    real_cfg = NoiseConfig(mix={"real": 1.0}, real_jpeg_prob=0.0)
+    target, noisy, smap = sample_noise(clean, real_cfg, torch.Generator().manual_seed(2))
+    assert not torch.equal(target, clean)  # the camera's noise-free rendering is the target
+    measured = float((noisy - target).pow(2).mean().sqrt())
+    assert abs(float(smap.pow(2).mean().sqrt()) - measured) < 0.25 * measured
+    over_cfg = NoiseConfig(mix={"gaussian": 1.0}, sigma=(10.0, 10.0), over_prob=1.0, over_scale=2.0, over_add=40.0)
+    levels = [float(sample_noise(clean, over_cfg, torch.Generator().manual_seed(s))[2].mean()) * 255 for s in range(20)]
+    assert min(levels) >= 10 - 1e-4 and max(levels) > 20  # the map overstates the noise, never understates it
