@@ -38,11 +38,16 @@ class GeneratorConfig:
 
 @dataclass
 class DiscriminatorConfig:
-    """Shape of the conditional PatchGAN discriminator."""
+    """Shape of the conditional discriminator: a PatchGAN (pix2pix) or a U-Net (Real-ESRGAN)."""
 
     channels: int = 3
     width: int = 64
     layers: int = 3  # stride-2 layers; the receptive field grows with them (3 -> 70 x 70 patches)
+    kind: str = "patch"  # patch | unet (per-pixel scores with global context, Wang et al. 2021)
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("patch", "unet"):
+            raise ValueError(f"discriminator kind must be 'patch' or 'unet', got {self.kind!r}")
 
 
 @dataclass
@@ -207,7 +212,13 @@ def _sn_conv(cin: int, cout: int, stride: int) -> nn.Module:
 
 
 class Discriminator(nn.Module):
-    """Conditional PatchGAN (pix2pix) with spectral norm: scores (noisy, candidate) pairs per patch."""
+    """Conditional discriminator with spectral norm: scores (noisy, candidate) pairs.
+
+    kind 'patch': PatchGAN (Isola et al. 2017), one logit per receptive-field patch.
+    kind 'unet': U-Net discriminator of Real-ESRGAN (Wang et al. 2021, `UNetDiscriminatorSN`): an
+    encoder of `layers` stride-2 levels and a decoder with skips, one logit per pixel, so that it
+    judges fine texture with the whole crop as context. forward -> logits; `features` -> the
+    intermediate activations too (for the feature-matching loss)."""
 
     def __init__(self, config: DiscriminatorConfig | dict | None = None) -> None:
         super().__init__()
@@ -217,6 +228,14 @@ class Discriminator(nn.Module):
             config = DiscriminatorConfig(**config)
         self.config = config
         w = config.width
+        if config.kind == "unet":
+            sn = nn.utils.parametrizations.spectral_norm
+            widths = [w * 2**i for i in range(config.layers + 1)]
+            self.stem = nn.Conv2d(2 * config.channels, w, 3, padding=1)
+            self.downs = nn.ModuleList(sn(nn.Conv2d(a, b, 4, 2, 1, bias=False)) for a, b in zip(widths[:-1], widths[1:]))
+            self.ups = nn.ModuleList(sn(nn.Conv2d(b, a, 3, 1, 1, bias=False)) for a, b in zip(widths[:-1], widths[1:]))
+            self.head = nn.Sequential(sn(nn.Conv2d(w, w, 3, 1, 1, bias=False)), nn.LeakyReLU(0.2), nn.Conv2d(w, 1, 3, 1, 1))
+            return
         layers: list[nn.Module] = [_sn_conv(2 * config.channels, w, 2), nn.LeakyReLU(0.2)]
         for i in range(1, config.layers):
             cin, cout = w * 2 ** (i - 1), w * 2 ** i
@@ -225,7 +244,33 @@ class Discriminator(nn.Module):
         layers += [_sn_conv(cin, cin * 2, 1), nn.LeakyReLU(0.2), _sn_conv(cin * 2, 1, 1)]
         self.net = nn.Sequential(*layers)
 
+    def features(self, noisy: torch.Tensor, candidate: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(logits, intermediate activations) for a (noisy, candidate) pair batch."""
+        x = torch.cat([noisy, candidate], dim=1)
+        feats: list[torch.Tensor] = []
+        if self.config.kind == "patch":
+            for layer in self.net:
+                x = layer(x)
+                if isinstance(layer, nn.LeakyReLU):
+                    feats.append(x)
+            return x, feats
+        h, w = x.shape[-2:]
+        x, _, _ = _pad_to_multiple(x, 2 ** len(self.downs))
+        x = F.leaky_relu(self.stem(x), 0.2)
+        skips = []
+        for down in self.downs:
+            skips.append(x)
+            x = F.leaky_relu(down(x), 0.2)
+            feats.append(x)
+        for up, skip in zip(reversed(self.ups), reversed(skips)):
+            x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+            x = F.leaky_relu(up(x), 0.2) + skip
+            feats.append(x)
+        return self.head(x)[..., :h, :w], feats
+
     def forward(self, noisy: torch.Tensor, candidate: torch.Tensor) -> torch.Tensor:
+        if self.config.kind == "unet":
+            return self.features(noisy, candidate)[0]
         return self.net(torch.cat([noisy, candidate], dim=1))
 
 

@@ -130,3 +130,16 @@ def test_noise_estimator_any_size_and_save_load(tmp_path):
     x = torch.rand(1, 3, 24, 40)
     assert again.config == est.config and torch.equal(again(x), est(x))
     assert 1_000 < count_macs_per_pixel(NoiseEstimator()) < 10_000  # tiny next to the generator's 60k
+
+
+def test_unet_discriminator_scores_every_pixel_and_exposes_features():
+    torch.manual_seed(0)
+    disc = Discriminator(DiscriminatorConfig(channels=3, width=8, layers=3, kind="unet"))
+    x = torch.rand(2, 3, 50, 36)  # any size: padded, then cropped
+    logits, feats = disc.features(x, x)
+    assert logits.shape == (2, 1, 50, 36) and torch.equal(disc(x, x), disc.features(x, x)[0])
+    assert len(feats) == 6 and feats[0].shape[1] == 16
+    sn = [m for m in disc.modules() if isinstance(m, nn.Conv2d) and nn.utils.parametrize.is_parametrized(m, "weight")]
+    assert len(sn) == 7  # every conv but the first and the last
+    with pytest.raises(ValueError, match="kind"):
+        DiscriminatorConfig(kind="dcgan")

@@ -239,10 +239,14 @@ def test_clean_samples_for_the_estimator(tmp_path: Path) -> None:
 # --- one optimisation step ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("stage", ["fidelity", "gan"])
+@pytest.mark.parametrize("stage", ["fidelity", "gan", "gan-unet"])
 def test_every_parameter_gets_a_gradient(tmp_path: Path, stage: str) -> None:
     torch.manual_seed(0)
-    cfg = trainer._coerce(trainer.TrainConfig, {**TINY, "stage": stage, "ssim_weight": 0.5})
+    extra = {}
+    if stage == "gan-unet":
+        stage, extra = "gan", {"fm_weight": 1.0, "gan_loss": "nonsaturating", "adv_warmup": 10,
+                               "discriminator": {**TINY.get("discriminator", {}), "kind": "unet"}}
+    cfg = trainer._coerce(trainer.TrainConfig, {**TINY, "stage": stage, "ssim_weight": 0.5, **extra})
     paths = list_images(make_photos(tmp_path, n=2), min_size=32)
     data = CropDataset(paths, 32, NoiseConfig(mix={"gaussian": 1.0}), seed=0)
     clean, noisy, smap = (torch.stack(t) for t in zip(*(data[i] for i in range(4))))
@@ -267,7 +271,7 @@ def test_every_parameter_gets_a_gradient(tmp_path: Path, stage: str) -> None:
             assert p.grad is not None, f"discriminator parameter {name} got no gradient"
             # (the last bias may get an exact 0: with every logit inside the hinge margin its
             # gradients from real and fake pairs cancel)
-            assert name == "net.6.bias" or p.grad.abs().sum() > 0, f"discriminator parameter {name} got a zero gradient"
+            assert name in ("net.6.bias", "head.2.bias") or p.grad.abs().sum() > 0, f"discriminator parameter {name} got a zero gradient"
 
 
 def test_gan_loss_kinds() -> None:
@@ -276,7 +280,9 @@ def test_gan_loss_kinds() -> None:
     assert d.item() == pytest.approx((0 + 0.5) / 2 + (0 + 1.5) / 2) and g.item() == pytest.approx(0.75)
     d, g = trainer.gan_losses("relativistic", real, fake)
     assert d.item() > 0 and g.item() > d.item()  # the discriminator is winning here
-    with pytest.raises(ValueError, match="hinge or relativistic"):
+    d, g = trainer.gan_losses("nonsaturating", real, fake)
+    assert d.item() < g.item()  # the discriminator is winning here too
+    with pytest.raises(ValueError, match="hinge, relativistic or nonsaturating"):
         trainer.gan_losses("wasserstein", real, fake)
 
 

@@ -71,7 +71,10 @@ class TrainConfig:
     # stage gan
     d_lr: float = 1e-4
     adv_weight: float = 0.01  # adversarial loss weight against the L1 pixel loss (weight 1)
-    gan_loss: str = "hinge"  # hinge | relativistic
+    adv_warmup: int = 0  # steps over which the adversarial weight ramps up linearly from 0
+    gan_loss: str = "hinge"  # hinge | relativistic | nonsaturating
+    fm_weight: float = 0.0  # feature-matching loss (L1 between discriminator features of real and fake)
+    pixel_weight: float = 1.0  # weight of the L1 (+ SSIM) pixel loss
     # bookkeeping
     workers: int = 0
     log_every: int = 50
@@ -166,13 +169,16 @@ def gan_losses(kind: str, real: torch.Tensor, fake: torch.Tensor) -> tuple[torch
     For the discriminator loss `fake` must be detached by the caller."""
     if kind == "hinge":
         return F.relu(1 - real).mean() + F.relu(1 + fake).mean(), -fake.mean()
+    if kind == "nonsaturating":  # Goodfellow et al. 2014, the generator's -log D form
+        d = F.binary_cross_entropy_with_logits
+        return d(real, torch.ones_like(real)) + d(fake, torch.zeros_like(fake)), d(fake, torch.ones_like(fake))
     if kind == "relativistic":  # RaGAN as in ESRGAN
         d = F.binary_cross_entropy_with_logits
         rf, fr = real - fake.mean(), fake - real.mean()
         d_loss = (d(rf, torch.ones_like(rf)) + d(fr, torch.zeros_like(fr))) / 2
         g_loss = (d(rf, torch.zeros_like(rf)) + d(fr, torch.ones_like(fr))) / 2
         return d_loss, g_loss
-    raise ValueError(f"gan_loss must be hinge or relativistic, not {kind!r}")
+    raise ValueError(f"gan_loss must be hinge, relativistic or nonsaturating, not {kind!r}")
 
 
 def load_real_pairs(folder: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -199,6 +205,26 @@ def validate_real(model: Generator, pairs: list[tuple[torch.Tensor, torch.Tensor
         ss.append(ssim(den, clean))
     model.train()
     return {"psnr_real": sum(ps) / len(ps), "ssim_real": sum(ss) / len(ss)}
+
+
+@torch.no_grad()
+def discriminator_accuracy(disc: torch.nn.Module, model: Generator, images: list[torch.Tensor], sigma: float, seed: int,
+                           crop: int = 128) -> float:
+    """Share of held-back validation scores the discriminator gets right: clean crops scored > 0 and
+    denoised crops scored < 0 (0.5 = it cannot tell them apart)."""
+    model.eval()
+    disc = disc.module if isinstance(disc, torch.nn.parallel.DistributedDataParallel) else disc
+    right, total = 0.0, 0
+    for i, clean in enumerate(images):
+        clean = clean[..., :crop, :crop]
+        noisy = add_noise(clean, "gaussian", seed=seed + i, sigma=sigma, quantize=True)
+        p = next(disc.parameters())
+        den = denoise(model, noisy, sigma).to(p)
+        real, fake = disc(noisy.to(p), clean.to(p)).float(), disc(noisy.to(p), den).float()
+        right += float((real > 0).float().sum() + (fake < 0).float().sum())
+        total += real.numel() + fake.numel()
+    model.train()
+    return right / max(1, total)
 
 
 def validate(model: Generator, images: list[torch.Tensor], sigmas: list[float], seed: int) -> dict[str, float]:
@@ -302,6 +328,7 @@ def train_step(
     if cfg.ssim_weight:
         loss_pix = loss_pix + cfg.ssim_weight * ssim_loss(fake, clean)
     loss_adv = loss_d = torch.zeros((), device=clean.device)
+    loss = loss_pix
     if disc is not None:
         # Real and fake pairs in one forward: one spectral-norm power iteration and one DDP reduction.
         with amp:
@@ -316,11 +343,14 @@ def train_step(
         plain.requires_grad_(False)
         try:
             with amp:
-                d_real, d_fake = plain(torch.cat([noisy, noisy]), torch.cat([clean, fake])).float().chunk(2)
+                logits, feats = plain.features(torch.cat([noisy, noisy]), torch.cat([clean, fake]))
+            d_real, d_fake = logits.float().chunk(2)
             _, loss_adv = gan_losses(cfg.gan_loss, d_real.detach(), d_fake)
+            loss_fm = sum(F.l1_loss(f.float().chunk(2)[1], f.float().chunk(2)[0].detach()) for f in feats) / max(1, len(feats))
         finally:
             plain.requires_grad_(True)
-    loss = loss_pix + cfg.adv_weight * loss_adv if disc is not None else loss_pix
+        ramp = min(1.0, (step + 1) / cfg.adv_warmup) if cfg.adv_warmup else 1.0
+        loss = cfg.pixel_weight * loss_pix + ramp * (cfg.adv_weight * loss_adv + cfg.fm_weight * loss_fm)
     if not torch.isfinite(loss):
         raise FloatingPointError(f"loss became {loss.item()} at step {step}")
     opt_g.zero_grad(set_to_none=True)
@@ -494,6 +524,8 @@ def _run(cfg: TrainConfig, resume: bool) -> Path:
             metrics = run_validation(cfg, ema, val_images)
             if real_pairs:
                 metrics.update(validate_real(ema, real_pairs, val_estimator))
+            if disc is not None:
+                metrics["d_accuracy"] = discriminator_accuracy(disc, ema, val_images, cfg.val_sigmas[len(cfg.val_sigmas) // 2], 10_000)
             if not estimating:
                 save_grid(ema, val_images, cfg.val_sigmas[len(cfg.val_sigmas) // 2], 10_000, out / "val" / f"step{step:07d}.png")
             writer.writerow([step, f"{time.time():.0f}", "", "", "", "", json.dumps(metrics)])
