@@ -834,8 +834,9 @@ def ui_compare(
     except gr.Error as err:
         gr.Warning(err.message)
         return gr.update(), gr.update(), gr.update(), f"**Error:** {err.message} (the previous results are kept)"
-    cols = ["kind", "settings", "psnr_noisy", "psnr_denoised", "ssim_noisy", "ssim_denoised", "seconds"]
-    rows = [[r[c] for c in cols] for r in table]
+    cols = ["kind", "PSNR dB: noisy → denoised", "SSIM: noisy → denoised"]  # three columns: readable on a phone
+    rows = [[r["kind"], f"{_fmt(r['psnr_noisy'], 2)} → {_fmt(r['psnr_denoised'], 2)}",
+             f"{_fmt(r['ssim_noisy'], 3)} → {_fmt(r['ssim_denoised'], 3)}"] for r in table]
     return gallery, gr.update(value=rows, headers=cols), note, ""
 
 
@@ -972,11 +973,11 @@ def build_demo(examples_dir: Path | None = None) -> gr.Blocks:
                         slider = gr.ImageSlider(label="Before / after (drag)", type="filepath", format="png", elem_id="slider", max_height=700)
                     with gr.Tab("Noise-level map", id="map-tab", elem_id="map-tab"):
                         map_md = gr.Markdown(elem_id="map-caption")
-                        map_img = gr.Image(label="noise-level map (0-255)", type="filepath", format="png", interactive=False,
+                        map_img = gr.Image(label="noise-level map (0-255)", show_label=False, type="filepath", format="png", interactive=False,
                                            elem_id="noise-map", buttons=["download", "fullscreen"])
                     with gr.Tab("Removed noise", id="residual-tab", elem_id="residual-tab"):
                         resid_md = gr.Markdown(elem_id="residual-caption")
-                        resid_img = gr.Image(label="residual: noisy - denoised, amplified", type="filepath", format="png",
+                        resid_img = gr.Image(label="residual: noisy - denoised, amplified", show_label=False, type="filepath", format="png",
                                              interactive=False, elem_id="residual", buttons=["download", "fullscreen"])
                     with gr.Tab("Images", id="images-tab"):
                         with gr.Row():
