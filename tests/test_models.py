@@ -137,6 +137,7 @@ def test_unet_discriminator_scores_every_pixel_and_exposes_features():
     disc = Discriminator(DiscriminatorConfig(channels=3, width=8, layers=3, kind="unet"))
     x = torch.rand(2, 3, 50, 36)  # any size: padded, then cropped
     logits, feats = disc.features(x, x)
+    disc.eval()  # (in training mode every forward runs a power iteration)
     assert logits.shape == (2, 1, 50, 36) and torch.equal(disc(x, x), disc.features(x, x)[0])
     assert len(feats) == 6 and feats[0].shape[1] == 16
     sn = [m for m in disc.modules() if isinstance(m, nn.Conv2d) and nn.utils.parametrize.is_parametrized(m, "weight")]
