@@ -1,16 +1,24 @@
 # Two commands: `make run` (the demo on the bundled weights) and `make test` (the whole test suite).
-# Each creates .venv and installs what it needs on first use.
-VENV    ?= .venv
-PY      := $(VENV)/bin/python
-STAMP   := $(VENV)/.installed
+# Each creates .venv on first use and installs only what it needs: `run` requirements.txt (the library,
+# the command line and the demo), `test` requirements-dev.txt (that plus test and benchmark packages).
+VENV      ?= .venv
+PY        := $(VENV)/bin/python
+RUN_STAMP := $(VENV)/.installed-run
+DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: run test denoise chromium clean
+.PHONY: run test chromium clean
 
-$(STAMP): requirements.txt requirements-dev.txt
+$(PY):
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
+
+$(RUN_STAMP): requirements.txt | $(PY)
+	$(VENV)/bin/pip install -q -r requirements.txt
+	touch $@
+
+$(DEV_STAMP): requirements.txt requirements-dev.txt | $(PY)
 	$(VENV)/bin/pip install -q -r requirements-dev.txt
-	touch $(STAMP)
+	touch $@ $(RUN_STAMP)
 
 # Debian's Chromium for the browser test (browser downloads are not reachable).
 chromium:
@@ -19,10 +27,10 @@ chromium:
 	  elif command -v sudo >/dev/null 2>&1; then sudo apt-get update -qq && sudo apt-get install -y -qq chromium >/dev/null; \
 	  else echo "chromium not installed and no root: the browser test will be skipped"; fi; }
 
-run: $(STAMP)
+run: $(RUN_STAMP)
 	$(PY) app.py
 
-test: $(STAMP) chromium
+test: $(DEV_STAMP) chromium
 	$(PY) -m pytest -q
 
 clean:

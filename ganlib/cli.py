@@ -2,8 +2,9 @@
 
 denoise INPUT... -o OUTDIR [--sigma auto|S] [--weights SRC] [--revision R] [--realism A] [--tile N] [--precision P] [--ensemble] [--overwrite]
     INPUTs are image files or folders (a folder contributes the image files directly inside it, not
-    its subfolders). Each result is written losslessly to OUTDIR/<stem>.png (alpha, 16-bit, ICC
-    kept). Inputs are never overwritten; an existing output is skipped unless --overwrite. A bad
+    its subfolders). Each result is written losslessly to OUTDIR/<stem>.png (alpha, 16-bit, ICC and
+    EXIF kept; the EXIF orientation is applied to the pixels and reset to 1; EXIF that cannot be kept
+    is reported in one line). Inputs are never overwritten; an existing output is skipped unless --overwrite. A bad
     input is reported on one line (`error: <file>: <reason>`) and the others are still processed.
 noise INPUT -o OUTPUT --kind KIND [--sigma S] [--amount A] [--peak P] [--quality Q] [--seed N] [--overwrite]
     Writes a noisy copy of INPUT as a PNG (OUTPUT may be a folder: OUTPUT/<stem>.png).

@@ -1,12 +1,12 @@
 """Bounded load test of the demo's `/denoise` endpoint on localhost (not part of the fast test run).
 
-Starts `python app.py` on a free port as a subprocess, sends `--requests` requests from `--clients`
+Starts `app.py` (this interpreter) on a free port as a subprocess, sends `--requests` requests from `--clients`
 concurrent gradio_client clients (a synthetic image with gaussian noise), then reports p50/p95 latency,
 the error count (must be 0) and the server's peak resident memory (VmHWM from /proc).
 
-    python -m tests.load_test                                  # bundled weights (or GANLIB_WEIGHTS)
-    python -m tests.load_test --weights random --requests 32 --clients 8 --size 512
-    python -m tests.load_test --weights tiny --requests 8      # quick smoke run
+    .venv/bin/python -m tests.load_test                                  # bundled weights (or GANLIB_WEIGHTS)
+    .venv/bin/python -m tests.load_test --weights random --requests 32 --clients 8 --size 512
+    .venv/bin/python -m tests.load_test --weights tiny --requests 8      # quick smoke run
 
 --weights: a folder / Hub repo id (as GANLIB_WEIGHTS), `random` (the shipped architecture with random
 weights: same speed and memory as the trained model) or `tiny` (a tiny random model). The clients must
@@ -117,7 +117,7 @@ def run_load(requests: int = 32, clients: int = 8, size: int = 512, weights: str
                 t0 = time.perf_counter()
                 try:
                     _, metrics = client.predict(
-                        image=handle_file(str(image)), noise_kind="gaussian", noise_level=25, seed=i, api_name="/denoise"
+                        image=handle_file(str(image)), noise_kind="gaussian", sigma=25, seed=i, api_name="/denoise"
                     )
                     if "psnr_denoised" not in metrics:
                         raise RuntimeError(f"no metrics in the answer: {metrics}")

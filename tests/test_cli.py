@@ -191,3 +191,46 @@ def test_bad_flag_in_a_real_process(work):
     r = cli("denoise", "a.png", "-o", "o", "--realism", "2", cwd=work)
     assert r.returncode == 2
     assert "usage:" in r.stderr and "--realism" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_exif_is_kept_with_orientation_reset(work):
+    """Camera and date survive `denoise`; the pixels are turned upright, so the orientation says 1."""
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    exif[0x010F] = "ACME"
+    exif[0x0132] = "2024:05:01 12:00:00"
+    Image.fromarray(noisy_array(20, 30, 3, 5)).save(work / "cam.jpg", quality=95, exif=exif)
+    assert main(["denoise", "cam.jpg", "-o", "out", "--weights", "w", "--sigma", "10"]) == 0
+    with Image.open(work / "out" / "cam.png") as im:
+        back = im.getexif()
+        assert im.size == (20, 30)  # upright: 30 wide stored, 20 wide displayed
+        assert back[0x010F] == "ACME" and back[0x0132] == "2024:05:01 12:00:00" and back[0x0112] == 1
+
+
+def test_make_run_installs_only_the_runtime_requirements():
+    """`make run` installs requirements.txt (library, command line, demo), not the test/benchmark packages."""
+    plan = subprocess.run(["make", "-n", "run", "VENV=/nonexistent-venv"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert plan.returncode == 0, plan.stderr
+    assert "-r requirements.txt" in plan.stdout and "requirements-dev.txt" not in plan.stdout
+    runtime = (REPO / "requirements.txt").read_text().lower()
+    for dev_only in ("pytest", "playwright", "hypothesis", "bm3d", "matplotlib"):
+        assert dev_only not in runtime
+
+
+def _readme_section(title: str) -> str:
+    text = (REPO / "README.md").read_text()
+    start = text.index(f"\n## {title}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end > 0 else len(text)]
+
+
+@pytest.mark.parametrize("title", ["Quickstart", "Command line", "Demo API"])
+def test_readme_commands_use_the_project_environment(title):
+    """After `make run` / `make test`, bare `python` is not the project's environment: commands say .venv/bin/python."""
+    section = _readme_section(title)
+    blocks = section.split("```")[1::2]
+    commands = [line.strip() for block in blocks if block.startswith("bash") for line in block.splitlines()[1:] if line.strip()]
+    for command in commands:
+        assert not command.startswith(("python ", "python3 ", "pip ")), command
+        if "-m ganlib" in command or "-m tests." in command:
+            assert ".venv/bin/python -m" in command, command
