@@ -40,12 +40,14 @@ import os
 import platform
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from ganlib.hub import load_weights
 from ganlib.images import load_image, to_numpy, to_pil, to_tensor
 from ganlib.inference import PRECISIONS, denoise, estimate_sigma, resolve_precision
 from ganlib.metrics import detail_ratio, psnr, ssim
@@ -301,7 +303,7 @@ def run_methods(args: argparse.Namespace, protocols: list[str], done) -> dict[st
 
     if args.same_process:
         for m in args.methods:
-            collect(m, lambda: run_method(*params(m)))
+            collect(m, lambda m=m: run_method(*params(m)))
         return finished
     # The slowest peer first, so that the other workers go through the fast methods beside it.
     order = sorted(args.methods, key=lambda m: m != "cbm3d")
@@ -430,8 +432,8 @@ CARD_SECTION = "## Benchmark"
 def card_section(method: str, results: list[dict]) -> str:
     """The model card's benchmark section: for each results file, the standard-protocol rows of
     `method` beside the peers measured in the same run, and the command that measured them."""
-    out = [f"{CARD_SECTION} (`python -m train.benchmark`, standard protocol: AWGN in floating point, "
-           "seed = image index, no clipping)", ""]
+    out = [(f"{CARD_SECTION} (`python -m train.benchmark`, standard protocol: AWGN in floating point, "
+            "seed = image index, no clipping)"), ""]
     for result in results:
         rows = [r for r in result["results"] if r["protocol"] == "standard" and (r["method"] == method or r["method"] in PEERS)]
         if not any(r["method"] == method for r in rows):
@@ -579,11 +581,439 @@ def auto_check(sets: list[str], limit: int | None, weights_source: str | None, t
 
 
 def auto_markdown(rows: list[dict]) -> str:
-    lines = ["| noise (clipped, 8-bit) | true sigma | wavelet estimate (mean abs error) | learned estimate (mean abs error) "
-             "| PSNR at true sigma | PSNR at wavelet | PSNR at learned |", "|---|---|---|---|---|---|---|"]
+    lines = [("| noise (clipped, 8-bit) | true sigma | wavelet estimate (mean abs error) | learned estimate (mean abs error) "
+              "| PSNR at true sigma | PSNR at wavelet | PSNR at learned |"), "|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['case']} | {r['true']:.2f} | {r['wavelet']:.2f} ({r['err_wavelet']:.2f}) | {r['learned']:.2f} ({r['err_learned']:.2f}) "
                      f"| {r['psnr_true']:.2f} | {r['psnr_wavelet']:.2f} | {r['psnr_learned']:.2f} |")
+    return "\n".join(lines)
+
+
+# --- every noise kind, grayscale photos and real camera noise ------------------------------------
+#
+# These modes run in this process, one image at a time, and measure quality first: the time of each
+# method is reported (seconds per image) but not its memory. Noise is added as the demo adds it:
+# clipped and rounded to 8 bits, seeded by the image index (0, 1, ... in sorted file order).
+
+
+@dataclass(frozen=True)
+class Level:
+    """One noise setting of --kinds: `kind` is the name given on the command line (salt_pepper_whole
+    included), `noise` and `params` what `ganlib.noise.add_noise` takes, `label` the table row."""
+
+    kind: str
+    noise: str
+    params: dict
+    label: str
+
+
+# --kinds name -> (ganlib.noise kind, the parameters of a level "A/B/C" in order, fixed parameters)
+KIND_SPECS: dict[str, tuple[str, tuple[str, ...], dict]] = {
+    "gaussian": ("gaussian", ("sigma",), {}),
+    "poisson": ("poisson", ("peak",), {}),
+    "speckle": ("speckle", ("sigma",), {}),
+    "camera": ("camera", ("peak", "sigma", "quality"), {}),
+    "salt_pepper": ("salt_pepper", ("amount",), {"whole_pixel": False}),
+    "salt_pepper_whole": ("salt_pepper", ("amount",), {"whole_pixel": True}),
+}
+DEFAULT_KINDS = ["gaussian:15,50", "poisson:10,50", "speckle:0.1,0.3", "camera:30/4/75,30/4",
+                 "salt_pepper:0.05,0.2", "salt_pepper_whole:0.05,0.2"]
+DEFAULT_KODAK = "../shared/data/test-Kodak24"
+
+# The classical peers of each kind (the best classical method we have for it), and their table names.
+KIND_PEERS: dict[str, tuple[str, ...]] = {
+    "gaussian": ("nlm_oracle",),
+    "speckle": ("nlm_oracle",),
+    "camera": ("nlm_oracle",),
+    "poisson": ("nlm_oracle", "cbm3d_anscombe"),
+    "salt_pepper": ("switching_median",),
+    "salt_pepper_whole": ("switching_median",),
+}
+PEER_TITLES = {
+    "nlm_oracle": "NLM, best h per image (oracle)",
+    "cbm3d_anscombe": "CBM3D + Anscombe",
+    "switching_median": "switching median 3x3",
+    "bm3d": "BM3D (gray, true sigma)",
+    "cbm3d": "CBM3D at its estimated sigma",
+}
+SLOW_PEERS = ("cbm3d_anscombe", "bm3d", "cbm3d")  # the peers --peer-limit applies to
+
+# NLM oracle: h = hColor = ratio x the true noise level (mean of the exact noise map), the best per
+# image by PSNR against the clean image; on real photos, whose level is unknown, absolute values of h.
+NLM_ORACLE_RATIOS = (0.3, 0.45, 0.6, 0.75, 0.9, 1.1)
+NLM_REAL_H = (1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 13.0)
+
+
+def parse_kinds(specs: list[str]) -> list[Level]:
+    """`KIND:LEVEL,LEVEL,...` per kind (a camera level is PEAK/READ_SIGMA[/JPEG_QUALITY]) -> the levels,
+    in order. Raises ValueError with a readable message for an unknown kind or a malformed level."""
+    levels = []
+    for spec in specs:
+        kind, sep, values = spec.partition(":")
+        if kind not in KIND_SPECS or not sep or not values.strip(","):
+            raise ValueError(f"--kinds: expected KIND:LEVEL,LEVEL with KIND one of {', '.join(KIND_SPECS)}, got {spec!r}")
+        noise, names, fixed = KIND_SPECS[kind]
+        for value in (v for v in values.split(",") if v.strip()):
+            parts = value.split("/")
+            if not 1 <= len(parts) <= len(names) or (noise == "camera" and len(parts) < 2):
+                raise ValueError(f"--kinds: a {kind} level is {'/'.join(names[:2] if noise == 'camera' else names)}"
+                                 f"{'[/quality]' if noise == 'camera' else ''}, got {value!r}")
+            try:
+                params = {n: float(p) for n, p in zip(names, parts)}
+            except ValueError:
+                raise ValueError(f"--kinds: {value!r} is not a number ({spec!r})") from None
+            if "quality" in params:
+                params["quality"] = int(params["quality"])
+            params.update(fixed)
+            add_noise(torch.zeros(1, 3, 4, 4), noise, seed=0, **params)  # raises ValueError for bad parameters
+            levels.append(Level(kind, noise, params, level_label(noise, params)))
+    return levels
+
+
+def level_label(noise: str, params: dict) -> str:
+    """The table row of a noise setting: 'sigma 15', 'peak 30, read 4, JPEG 75', 'amount 0.05'."""
+    if noise in ("gaussian", "speckle"):
+        return f"sigma {params['sigma']:g}"
+    if noise == "poisson":
+        return f"peak {params['peak']:g}"
+    if noise == "camera":
+        jpeg = f", JPEG {params['quality']}" if params.get("quality") is not None else ", no JPEG"
+        return f"peak {params['peak']:g}, read {params['sigma']:g}{jpeg}"
+    return f"amount {params['amount']:g}"
+
+
+def switching_median(noisy: torch.Tensor) -> torch.Tensor:
+    """A plain switching median: OpenCV's 3x3 median, taken only where a value is 0 or 255 (per channel);
+    every other value is kept. The classical baseline for salt & pepper noise."""
+    import cv2
+
+    arr = to_numpy(noisy)
+    med = cv2.medianBlur(np.ascontiguousarray(arr), 3)
+    return to_tensor(np.where((arr == 0) | (arr == 255), med, arr))
+
+
+def nlm_oracle(noisy: torch.Tensor, clean: torch.Tensor, hs: list[float]) -> tuple[torch.Tensor, float]:
+    """OpenCV NLM (colour) at each h of `hs` (hColor = h), the best by PSNR against `clean`: an oracle,
+    an upper bound on what NLM does with any one rule for h. Returns (result, its h)."""
+    best = None
+    for h in hs:
+        out = nlm_denoise(noisy, 0.0, h, h)
+        score = psnr(out, clean)
+        if best is None or score > best[0]:
+            best = (score, h, out)
+    return best[2], best[1]
+
+
+def anscombe(z: np.ndarray) -> np.ndarray:
+    """Anscombe transform of Poisson counts: 2 sqrt(z + 3/8), noise of about unit variance."""
+    return 2.0 * np.sqrt(np.maximum(z, 0.0) + 3.0 / 8.0)
+
+
+def inverse_anscombe(d: np.ndarray) -> np.ndarray:
+    """The exact unbiased inverse of the Anscombe transform in its closed-form approximation
+    (Makitalo & Foi 2011, "A closed-form approximation of the exact unbiased inverse of the Anscombe
+    variance-stabilizing transformation", IEEE TIP 20(9)); 0 below d = 2 sqrt(3/8), where it is 0."""
+    d = np.maximum(d, 2.0 * math.sqrt(3.0 / 8.0))
+    r = math.sqrt(1.5)
+    return np.maximum(d**2 / 4 + r / (4 * d) - 11 / (8 * d**2) + 5 * r / (8 * d**3) - 1 / 8, 0.0)
+
+
+def cbm3d_anscombe(noisy: torch.Tensor, peak: float) -> torch.Tensor:
+    """CBM3D for Poisson noise of `peak` photons at white: Anscombe transform of the counts, CBM3D at
+    sigma 1 on that scale, exact unbiased inverse (Makitalo & Foi 2011)."""
+    bm3d = _bm3d()
+    d = anscombe(noisy[0].permute(1, 2, 0).double().numpy() * peak)
+    top = float(anscombe(np.array(peak)))  # CBM3D works on about [0, 1]: scale the stabilised image
+    den = bm3d.bm3d_rgb(d / top, sigma_psd=1.0 / top) * top
+    out = np.clip(inverse_anscombe(den) / peak, 0, 1)
+    return torch.from_numpy(out).float().permute(2, 0, 1)[None].contiguous()
+
+
+def bm3d_gray(noisy: torch.Tensor, sigma: float) -> torch.Tensor:
+    """BM3D of a (1,1,H,W) image at `sigma` (0-255 scale)."""
+    bm3d = _bm3d()
+    out = bm3d.bm3d(noisy[0, 0].double().numpy(), sigma_psd=sigma / 255.0)
+    return torch.from_numpy(np.clip(np.asarray(out).reshape(noisy.shape[-2:]), 0, 1)).float()[None, None].contiguous()
+
+
+class Scores:
+    """Per-image PSNR, SSIM and seconds of one method (and any per-image values, e.g. its h or sigma)."""
+
+    def __init__(self) -> None:
+        self.psnr: list[float] = []
+        self.ssim: list[float] = []
+        self.seconds: list[float] = []
+        self.extra: dict[str, list] = {}
+
+    def add(self, out: torch.Tensor, clean: torch.Tensor, seconds: float = 0.0, **extra) -> None:
+        self.psnr.append(psnr(out, clean))
+        self.ssim.append(ssim(out, clean))
+        self.seconds.append(seconds)
+        for k, v in extra.items():
+            self.extra.setdefault(k, []).append(v)
+
+    def summary(self) -> dict:
+        """Means over the images measured, how many they are, and the per-image values."""
+        n = len(self.psnr)
+        return {"images": n, "psnr": float(np.mean(self.psnr)) if n else None, "ssim": float(np.mean(self.ssim)) if n else None,
+                "seconds_per_image": float(np.mean(self.seconds)) if n else None,
+                "psnr_per_image": [round(v, 4) for v in self.psnr], "ssim_per_image": [round(v, 5) for v in self.ssim],
+                **{f"{k}_per_image": v for k, v in self.extra.items()}}
+
+
+def timed(fn, *args, **kwargs):
+    """(fn(*args, **kwargs), seconds it took)."""
+    t = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - t
+
+
+def ours(weights, noisy: torch.Tensor, sigma=None, impulses: bool | None = None, realism: float = 0.0, precision: str = "auto"):
+    """Our denoiser as the demo and the CLI call it (`ganlib.inference.restore`); returns (Restored, seconds)."""
+    from ganlib.images import ImageData
+    from ganlib.inference import restore
+
+    return timed(restore, weights, ImageData(pixels=noisy), sigma=sigma, impulses=impulses, realism=realism, precision=precision)
+
+
+def same_images(peer: dict, others: dict[str, Scores]) -> dict:
+    """For a peer measured on the first k images only: our PSNR/SSIM on those same k images."""
+    k = peer["images"]
+    return {name: {"psnr": float(np.mean(s.psnr[:k])), "ssim": float(np.mean(s.ssim[:k]))} for name, s in others.items() if k}
+
+
+def run_kinds(levels: list[Level], folder: str, limit: int | None, peer_limit: int | None, weights, precision: str,
+              done=None) -> list[dict]:
+    """Every level of every kind on `folder`: noisy, ours automatic (estimated map), ours informed (the
+    exact map; impulses removed first for salt & pepper) and the kind's classical peers. One record per
+    level; `done(records)` after each level (a long run keeps what it measured)."""
+    from ganlib.noise import informed_noise_map, noise_std_map
+
+    paths = list_set(folder, limit)
+    cleans = [load_rgb(p) for p in paths]
+    n_peer = len(paths) if peer_limit is None else min(peer_limit, len(paths))
+    records = []
+    for level in levels:
+        salt = level.noise == "salt_pepper"
+        peers = KIND_PEERS[level.kind]
+        cells = {"noisy": Scores(), "ours_auto": Scores(), "ours_informed": Scores(), **{p: Scores() for p in peers}}
+        for i, clean in enumerate(tqdm(cleans, desc=f"{level.kind} {level.label}", dynamic_ncols=True, leave=False)):
+            noisy = add_noise(clean, level.noise, seed=i, clip=True, quantize=True, **level.params)
+            cells["noisy"].add(noisy, clean)
+            res, sec = ours(weights, noisy, precision=precision)
+            cells["ours_auto"].add(res.image.pixels, clean, sec, sigma=round(res.sigma, 3), impulses=res.impulses)
+            res, sec = ours(weights, noisy, informed_noise_map(clean, level.noise, **level.params), impulses=salt, precision=precision)
+            cells["ours_informed"].add(res.image.pixels, clean, sec)
+            for peer in peers:
+                if peer in SLOW_PEERS and i >= n_peer:
+                    continue
+                if peer == "switching_median":
+                    out, sec = timed(switching_median, noisy)
+                    cells[peer].add(out, clean, sec)
+                elif peer == "cbm3d_anscombe":
+                    out, sec = timed(cbm3d_anscombe, noisy, level.params["peak"])
+                    cells[peer].add(out, clean, sec)
+                else:  # nlm_oracle: h around the true noise level (mean of the exact map)
+                    level_255 = float(noise_std_map(clean, level.noise, **level.params).mean()) * 255
+                    hs = sorted({round(max(1.0, r * level_255), 1) for r in NLM_ORACLE_RATIOS})
+                    (out, h), sec = timed(nlm_oracle, noisy, clean, hs)
+                    cells[peer].add(out, clean, sec, h=h, edge=h in (hs[0], hs[-1]) and len(hs) > 1)
+        record = {"set": Path(folder).name, "kind": level.kind, "noise": level.noise, "params": level.params, "level": level.label,
+                  "images": len(paths), **{name: cell.summary() for name, cell in cells.items()}}
+        for peer in peers:
+            record[peer]["title"] = PEER_TITLES[peer]
+            if record[peer]["images"] < len(paths):
+                record[peer]["ours_on_same_images"] = same_images(record[peer], {"ours_auto": cells["ours_auto"], "ours_informed": cells["ours_informed"]})
+            edges = sum(record[peer].pop("edge_per_image", []))
+            if edges:
+                log.warning("%s %s: NLM's best h lay on the edge of its grid for %d image(s)", level.kind, level.label, edges)
+        records.append(record)
+        log.info("%s %s: noisy %.2f, ours auto %.2f, informed %.2f, %s", level.kind, level.label, record["noisy"]["psnr"],
+                 record["ours_auto"]["psnr"], record["ours_informed"]["psnr"],
+                 ", ".join(f"{p} {record[p]['psnr']:.2f}" for p in peers if record[p]["images"]))
+        if done:
+            done(records)
+    return records
+
+
+def _cell(summary: dict, total: int | None = None) -> str:
+    """'PSNR / SSIM' of a summary; '(k images)' when it covers fewer than `total`; '' when none."""
+    if not summary or not summary.get("images"):
+        return "not run"
+    text = f"{summary['psnr']:.2f} / {summary['ssim']:.4f}"
+    if total is not None and summary["images"] < total:
+        same = summary.get("ours_on_same_images", {}).get("ours_auto")
+        text += f" ({summary['images']} image{'s' if summary['images'] > 1 else ''}" + (f"; ours auto on them {same['psnr']:.2f}" if same else "") + ")"
+    return text
+
+
+def kinds_markdown(records: list[dict]) -> str:
+    """One table per kind: a row per level; noisy, ours automatic, ours informed and the peers."""
+    lines = []
+    for kind in dict.fromkeys(r["kind"] for r in records):
+        rows = [r for r in records if r["kind"] == kind]
+        peers = KIND_PEERS[kind]
+        n = rows[0]["images"]
+        what = "whole-pixel salt & pepper" if kind == "salt_pepper_whole" else kind.replace("_", " & ") if kind == "salt_pepper" else kind
+        lines += [f"**{what}** ({rows[0]['set']}, {n} images, noise clipped and 8-bit, seed = image index): PSNR dB / SSIM", ""]
+        lines.append("| level | noisy | ours, automatic | ours, informed | " + " | ".join(PEER_TITLES[p] for p in peers) + " |")
+        lines.append("|---|---|---|---|" + "---|" * len(peers))
+        for r in rows:
+            lines.append(f"| {r['level']} | {_cell(r['noisy'])} | {_cell(r['ours_auto'])} | {_cell(r['ours_informed'])} | "
+                         + " | ".join(_cell(r[p], n) for p in peers) + " |")
+        secs = {name: np.mean([r[key]["seconds_per_image"] for r in rows if r[key]["images"]]) for key, name in
+                [("ours_auto", "ours automatic"), ("ours_informed", "ours informed"), *((p, PEER_TITLES[p]) for p in peers)]
+                if any(r[key]["images"] for r in rows)}
+        lines += ["", "seconds per image: " + ", ".join(f"{k} {v:.3g}" for k, v in secs.items()), ""]
+    if any("nlm_oracle" in KIND_PEERS[r["kind"]] for r in records):
+        lines.append(f"NLM is an oracle: h (= hColor) picked per image with the clean image from {len(NLM_ORACLE_RATIOS)} values "
+                     f"({', '.join(f'{r:g}' for r in NLM_ORACLE_RATIOS)} x the true noise level).")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def load_gray(path: Path) -> torch.Tensor:
+    """A (1,1,H,W) gray image; a colour file is averaged to gray (with a warning)."""
+    pixels = load_image(path).pixels
+    if pixels.shape[1] == 3:
+        log.warning("%s is a colour image: averaged to gray", path.name)
+        pixels = pixels.mean(dim=1, keepdim=True)
+    return pixels
+
+
+def run_gray(folder: str, sigmas: list[float], protocols: list[str], limit: int | None, peer_limit: int | None, weights,
+             precision: str, done=None) -> list[dict]:
+    """1-channel photos with Gaussian noise: noisy, ours informed (the true sigma), ours automatic and
+    BM3D (gray, at the true sigma) on the first `peer_limit` images. One record per (protocol, sigma)."""
+    paths = list_set(folder, limit)
+    cleans = [load_gray(p) for p in paths]
+    n_peer = len(paths) if peer_limit is None else min(peer_limit, len(paths))
+    records = []
+    for protocol in protocols:
+        for sigma in sigmas:
+            cells = {"noisy": Scores(), "ours_auto": Scores(), "ours_informed": Scores(), "bm3d": Scores()}
+            for i, clean in enumerate(tqdm(cleans, desc=f"gray sigma {sigma:g} {protocol}", dynamic_ncols=True, leave=False)):
+                noisy = make_noisy(clean, sigma, protocol, seed=i)
+                cells["noisy"].add(noisy, clean)
+                res, sec = ours(weights, noisy, float(sigma), impulses=False, precision=precision)
+                cells["ours_informed"].add(res.image.pixels, clean, sec)
+                res, sec = ours(weights, noisy, precision=precision)
+                cells["ours_auto"].add(res.image.pixels, clean, sec, sigma=round(res.sigma, 3))
+                if i < n_peer:
+                    out, sec = timed(bm3d_gray, noisy, sigma)
+                    cells["bm3d"].add(out, clean, sec)
+            record = {"set": Path(folder).name, "protocol": protocol, "sigma": sigma, "images": len(paths),
+                      **{name: cell.summary() for name, cell in cells.items()}}
+            record["bm3d"]["title"] = PEER_TITLES["bm3d"]
+            if record["bm3d"]["images"] < len(paths):
+                record["bm3d"]["ours_on_same_images"] = same_images(record["bm3d"], {"ours_auto": cells["ours_auto"], "ours_informed": cells["ours_informed"]})
+            records.append(record)
+            log.info("gray sigma %g %s: noisy %.2f, ours informed %.2f, auto %.2f, BM3D %s", sigma, protocol, record["noisy"]["psnr"],
+                     record["ours_informed"]["psnr"], record["ours_auto"]["psnr"],
+                     f"{record['bm3d']['psnr']:.2f}" if record["bm3d"]["images"] else "not run")
+            if done:
+                done(records)
+    return records
+
+
+def gray_markdown(records: list[dict]) -> str:
+    """One table per protocol: a row per sigma; noisy, ours informed, ours automatic, BM3D."""
+    lines = []
+    for protocol in dict.fromkeys(r["protocol"] for r in records):
+        rows = [r for r in records if r["protocol"] == protocol]
+        n = rows[0]["images"]
+        lines += [f"**{rows[0]['set']}** (gray, {n} images, {protocol} protocol, seed = image index): PSNR dB / SSIM", "",
+                  f"| sigma | noisy | ours, informed (true sigma) | ours, automatic | {PEER_TITLES['bm3d']} |", "|---|---|---|---|---|"]
+        for r in rows:
+            lines.append(f"| {r['sigma']:g} | {_cell(r['noisy'])} | {_cell(r['ours_informed'])} | {_cell(r['ours_auto'])} | {_cell(r['bm3d'], n)} |")
+        secs = {name: np.mean([r[key]["seconds_per_image"] for r in rows if r[key]["images"]]) for key, name in
+                [("ours_informed", "ours informed"), ("ours_auto", "ours automatic"), ("bm3d", "BM3D")] if any(r[key]["images"] for r in rows)}
+        lines += ["", "seconds per image: " + ", ".join(f"{k} {v:.3g}" for k, v in secs.items()), ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def real_pairs(folder: str | Path, limit: int | None) -> list[tuple[str, Path, Path]]:
+    """(name, noisy, ground truth) for each `NAME_real.*` beside a `NAME_mean.*` in `folder`, sorted by name."""
+    from .data import IMAGE_SUFFIXES
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise SystemExit(f"real-noise folder not found: {folder}")
+    files = {p.stem: p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
+    pairs = [(stem[: -len("_real")], p, files[stem[: -len("_real")] + "_mean"]) for stem, p in sorted(files.items())
+             if stem.endswith("_real") and stem[: -len("_real")] + "_mean" in files]
+    if not pairs:
+        raise SystemExit(f"no NAME_real / NAME_mean image pairs in {folder}")
+    return pairs[:limit] if limit else pairs
+
+
+def run_real(folder: str, limit: int | None, peer_limit: int | None, weights, precision: str, realisms: list[float]) -> dict:
+    """Real noisy photos against their ground truth (the mean of many shots): ours automatic, NLM with
+    the best h per image (an oracle), CBM3D at the wavelet estimate of sigma (first `peer_limit`
+    images), and ours at each realism of `realisms` (automatic strength)."""
+    pairs = real_pairs(folder, limit)
+    n_peer = len(pairs) if peer_limit is None else min(peer_limit, len(pairs))
+    sweep = [a for a in dict.fromkeys(realisms) if a != 0.0]
+    if sweep and weights.gan is None:
+        log.warning("realism sweep left out: %s has no GAN weights", weights.source)
+        sweep = []
+    cells = {"noisy": Scores(), "ours_auto": Scores(), "nlm_oracle": Scores(), "cbm3d": Scores(),
+             **{f"ours@{a:g}": Scores() for a in sweep}}
+    names = []
+    for i, (name, noisy_path, clean_path) in enumerate(tqdm(pairs, desc="real noise", dynamic_ncols=True, leave=False)):
+        noisy, clean = load_rgb(noisy_path), load_rgb(clean_path)
+        if noisy.shape != clean.shape:
+            raise SystemExit(f"{noisy_path.name} and {clean_path.name} differ in size")
+        names.append(name)
+        cells["noisy"].add(noisy, clean)
+        res, sec = ours(weights, noisy, precision=precision)
+        cells["ours_auto"].add(res.image.pixels, clean, sec, sigma=round(res.sigma, 3))
+        (out, h), sec = timed(nlm_oracle, noisy, clean, list(NLM_REAL_H))
+        cells["nlm_oracle"].add(out, clean, sec, h=h)
+        if i < n_peer:
+            sigma = estimate_sigma(noisy)  # scikit-image's wavelet estimate (no learned estimator)
+            out, sec = timed(cbm3d_denoise, noisy, sigma)
+            cells["cbm3d"].add(out, clean, sec, sigma=round(sigma, 3))
+        for a in sweep:
+            res, sec = ours(weights, noisy, realism=a, precision=precision)
+            cells[f"ours@{a:g}"].add(res.image.pixels, clean, sec)
+    result = {"set": Path(folder).name, "images": names, **{k: c.summary() for k, c in cells.items()}}
+    result["nlm_oracle"]["title"] = PEER_TITLES["nlm_oracle"]
+    result["cbm3d"]["title"] = PEER_TITLES["cbm3d"]
+    result["cbm3d"]["sigma_estimate"] = "skimage.restoration.estimate_sigma (wavelet MAD, averaged over channels) of the noisy photo"
+    if result["cbm3d"]["images"] < len(pairs):
+        result["cbm3d"]["ours_on_same_images"] = same_images(result["cbm3d"], {"ours_auto": cells["ours_auto"]})
+    return result
+
+
+def real_markdown(result: dict) -> str:
+    """A row per image and the mean: noisy, ours automatic (its sigma), NLM oracle (its h), CBM3D (its
+    sigma), the realism sweep."""
+    sweep = [k for k in result if k.startswith("ours@")]
+    n = len(result["images"])
+    lines = [f"**{result['set']}** ({n} real noisy photos against the mean image): PSNR dB / SSIM", "",
+             "| image | noisy | ours, automatic (sigma) | NLM, best h (oracle) | CBM3D (wavelet sigma) | " + " | ".join(sweep) + (" |" if sweep else ""),
+             "|---|---|---|---|---|" + "---|" * len(sweep)]
+
+    def one(summary: dict, i: int, extra: str | None = None) -> str:
+        if i >= summary["images"]:
+            return ""
+        text = f"{summary['psnr_per_image'][i]:.2f} / {summary['ssim_per_image'][i]:.4f}"
+        return text + (f" ({summary[extra + '_per_image'][i]:g})" if extra else "")
+
+    for i, name in enumerate(result["images"]):
+        cells = [one(result["noisy"], i), one(result["ours_auto"], i, "sigma"), one(result["nlm_oracle"], i, "h"),
+                 one(result["cbm3d"], i, "sigma"), *(one(result[k], i) for k in sweep)]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    means = [_cell(result["noisy"]), _cell(result["ours_auto"]), _cell(result["nlm_oracle"]), _cell(result["cbm3d"], n),
+             *(_cell(result[k]) for k in sweep)]
+    lines.append("| **mean** | " + " | ".join(means) + " |")
+    names = {"ours_auto": "ours automatic", "nlm_oracle": "NLM oracle (all h values)", "cbm3d": "CBM3D", **{k: k for k in sweep}}
+    secs = {names[k]: result[k]["seconds_per_image"] for k in names if result[k]["images"]}
+    grid = ", ".join(f"{h:g}" for h in NLM_REAL_H)
+    lines += ["", "seconds per image: " + ", ".join(f"{k} {v:.3g}" for k, v in secs.items()),
+              (f"NLM is an oracle: h (= hColor) picked per image with the ground truth from {grid}. CBM3D runs at "
+               "scikit-image's wavelet estimate of sigma (estimate_sigma, averaged over channels); ours at its automatic strength "
+               "(the learned estimator's map where the weights have one)."), ""]
     return "\n".join(lines)
 
 
@@ -620,6 +1050,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--grid-methods", default="ours,ours-gan,cbm3d")
     p.add_argument("--auto-check", action="store_true", help="with --data: the automatic strength (estimated vs true noise level, PSNR at each)")
     p.add_argument("--memory-check", action="store_true", help="peak memory of a 6000x4000 photo through our tiled inference")
+    p.add_argument("--kinds", nargs="*", metavar="KIND:LEVELS",
+                   help="every noise kind on --data (default " + DEFAULT_KODAK + "): KIND:LEVEL,LEVEL with KIND one of "
+                   + ", ".join(KIND_SPECS) + "; a camera level is PEAK/READ_SIGMA[/JPEG_QUALITY]; no value = " + " ".join(DEFAULT_KINDS))
+    p.add_argument("--gray", metavar="FOLDER", help="grayscale photos (e.g. ../shared/data/test-BSD68-gray) at --sigmas, --protocol, beside BM3D")
+    p.add_argument("--real", metavar="FOLDER", help="real noisy photos NAME_real.png with ground truth NAME_mean.png (e.g. ../shared/data/real-CC15)")
+    p.add_argument("--peer-limit", type=int, default=None, help="the slow peers (CBM3D, BM3D) on the first N images only (default all)")
     p.add_argument("--same-process", action="store_true", help="no worker processes (quick checks; peak memory then mixes methods)")
     p.add_argument("--tune-nlm", metavar="TRAIN_DIR", help="choose NLM strengths per sigma on training images and exit")
     p.add_argument("--cards", type=Path, metavar="WEIGHTS_DIR",
@@ -642,9 +1078,42 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--auto-check needs --data FOLDER ...")
     if args.cards and not args.from_json:
         p.error("--cards needs --from RESULTS.json ...")
-    if not (args.data or args.grid_real or args.memory_check or args.tune_nlm or args.cards):
-        p.error("nothing to do: give --data, --grid-real, --memory-check, --tune-nlm or --cards")
+    if args.kinds is not None:
+        try:
+            args.levels = parse_kinds(args.kinds or DEFAULT_KINDS)
+        except ValueError as err:
+            p.error(str(err))
+        if args.auto_check:
+            p.error("--kinds and --auto-check are separate runs")
+    if args.peer_limit is not None and args.peer_limit < 0:
+        p.error(f"--peer-limit must be >= 0, got {args.peer_limit}")
+    if not (args.data or args.grid_real or args.memory_check or args.tune_nlm or args.cards or args.kinds is not None or args.gray or args.real):
+        p.error("nothing to do: give --data, --kinds, --gray, --real, --grid-real, --memory-check, --tune-nlm or --cards")
     return args
+
+
+def run_peer_modes(args: argparse.Namespace, result: dict, key: str, run, table) -> None:
+    """Run one of --kinds, --gray, --real in this process: `run(done)` gives its results, saved under
+    `result[key]` (and in --output after each finished level, so a long run keeps what it measured);
+    its table, `table(results)`, is printed and saved under `result["markdown_" + key]`."""
+    import cv2
+
+    if args.threads:
+        cv2.setNumThreads(args.threads)
+    logging.getLogger("ganlib.inference").setLevel(logging.WARNING)  # not a line per image and method
+    if (key != "kinds" or any("cbm3d_anscombe" in KIND_PEERS[lv.kind] for lv in args.levels)) and importlib.util.find_spec("bm3d") is None:
+        raise SystemExit("the CBM3D/BM3D peers need the optional `bm3d` package (pip install -r requirements-dev.txt)")
+
+    def done(partial) -> None:
+        if args.output:
+            write_json(args.output, {**result, key: partial, "unfinished": [key]})
+
+    t = time.perf_counter()
+    result[key] = run(done)
+    result.setdefault("seconds", {})[key] = round(time.perf_counter() - t, 1)
+    result["markdown_" + key] = table(result[key])
+    print(result["markdown_" + key])
+    print(f"({key}: {result['seconds'][key]:.0f} s in all)", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -670,6 +1139,15 @@ def main(argv: list[str] | None = None) -> int:
         "tile": args.tile,
         "precision": resolve_precision(args.precision),
     }
+    if args.kinds is not None or args.gray or args.real:
+        meta.update({
+            "peer_limit": args.peer_limit,
+            "images_note": "each method's `images` says how many images its numbers are over (the slow peers: --peer-limit)",
+            "kinds_noise": "ganlib.noise.add_noise, clipped and rounded to 8 bits (as the demo adds it), seed = image index",
+            "ours": "ganlib.inference.restore: automatic = estimated noise map (sigma None, impulses detected); "
+                    "informed = the exact map (informed_noise_map; impulses removed first for salt & pepper), or the true sigma",
+            "oracle_note": "NLM's h is picked per image with the clean image (an oracle: an upper bound on NLM)",
+        })
     result: dict = {"meta": meta, "results": []}
     runner = (lambda fn, *a: fn(*a)) if args.same_process else in_worker
     if args.auto_check:
@@ -681,6 +1159,12 @@ def main(argv: list[str] | None = None) -> int:
         result["auto_check"] = rows
         result["markdown"] = auto_markdown(rows)
         print(result["markdown"])
+    elif args.kinds is not None:
+        folder = args.data[0] if args.data else DEFAULT_KODAK
+        if len(args.data) > 1:
+            log.warning("--kinds measures one folder: %s (the others are left out)", folder)
+        run_peer_modes(args, result, "kinds", lambda done: run_kinds(args.levels, folder, args.limit, args.peer_limit, load_weights(args.weights),
+                                                                      args.precision, done), kinds_markdown)
     elif args.data:
         protocols = list(PROTOCOLS) if args.protocol == "both" else [args.protocol]
         if "cbm3d" in args.methods and importlib.util.find_spec("bm3d") is None:
@@ -702,6 +1186,13 @@ def main(argv: list[str] | None = None) -> int:
             sigma = args.plot_sigma if args.plot_sigma is not None else (25.0 if 25.0 in args.sigmas else args.sigmas[len(args.sigmas) // 2])
             plot(result["results"], args.plot, sigma)
             log.info("plot written to %s", args.plot)
+    if args.gray:
+        protocols = list(PROTOCOLS) if args.protocol == "both" else [args.protocol]
+        run_peer_modes(args, result, "gray", lambda done: run_gray(args.gray, args.sigmas, protocols, args.limit, args.peer_limit,
+                                                                    load_weights(args.weights), args.precision, done), gray_markdown)
+    if args.real:
+        run_peer_modes(args, result, "real", lambda done: run_real(args.real, args.limit, args.peer_limit, load_weights(args.weights),
+                                                                    args.precision, args.realism_sweep), real_markdown)
     if args.grid_real:
         methods = [m.strip() for m in args.grid_methods.split(",") if m.strip()]
         result["grid"] = {"file": str(args.grid_out), "crop": args.grid_crop, "columns": ["noisy", *methods],
