@@ -248,3 +248,139 @@ def test_auto_check_compares_the_estimates_with_the_truth(setup: dict[str, Path]
     assert "| gaussian 25 | 25.00 |" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         benchmark.parse_args(["--auto-check"])
+
+
+# --- every noise kind, grayscale and real noise -------------------------------------------------
+
+BUNDLED = Path(__file__).resolve().parent.parent / "checkpoints"
+
+
+def test_parse_kinds_levels_and_errors() -> None:
+    levels = benchmark.parse_kinds(["gaussian:15,50", "camera:30/4/75,30/4", "salt_pepper_whole:0.1", "poisson:10"])
+    assert [(lv.kind, lv.noise, lv.label) for lv in levels] == [
+        ("gaussian", "gaussian", "sigma 15"), ("gaussian", "gaussian", "sigma 50"),
+        ("camera", "camera", "peak 30, read 4, JPEG 75"), ("camera", "camera", "peak 30, read 4, no JPEG"),
+        ("salt_pepper_whole", "salt_pepper", "amount 0.1"), ("poisson", "poisson", "peak 10")]
+    assert levels[2].params == {"peak": 30.0, "sigma": 4.0, "quality": 75} and levels[3].params == {"peak": 30.0, "sigma": 4.0}
+    assert levels[4].params == {"amount": 0.1, "whole_pixel": True}
+    assert benchmark.parse_kinds(["salt_pepper:0.05"])[0].params == {"amount": 0.05, "whole_pixel": False}
+    for bad in ("blur:3", "gaussian", "gaussian:", "camera:30", "gaussian:abc", "salt_pepper:1.5", "camera:30/4/75/1", "poisson:0"):
+        with pytest.raises(ValueError):
+            benchmark.parse_kinds([bad])
+    args = benchmark.parse_args(["--kinds"])  # no value: the default levels, on Kodak24
+    assert {lv.kind for lv in args.levels} == set(benchmark.KIND_SPECS) and len(args.levels) == 2 * len(benchmark.KIND_SPECS)
+    with pytest.raises(SystemExit):
+        benchmark.parse_args(["--kinds", "blur:3"])
+    with pytest.raises(SystemExit):
+        benchmark.parse_args(["--real", "d", "--peer-limit", "-1"])
+
+
+def test_anscombe_round_trip_is_unbiased() -> None:
+    rng = np.random.default_rng(0)
+    for lam in (1.0, 5.0, 50.0):
+        counts = rng.poisson(lam, 200_000)
+        # the exact unbiased inverse maps the mean of the transformed counts back to the mean count ...
+        assert float(benchmark.inverse_anscombe(np.array(benchmark.anscombe(counts).mean()))) == pytest.approx(lam, rel=0.01)
+    # ... and is not the algebraic inverse: (d / 2)^2 - 3/8 + about 1/4 for large counts
+    assert float(benchmark.inverse_anscombe(benchmark.anscombe(np.array(400.0)))) == pytest.approx(400.25, abs=0.01)
+    assert float(benchmark.inverse_anscombe(np.array(0.0))) == 0.0  # never negative
+
+
+def test_switching_median_changes_only_extremes() -> None:
+    y, x = np.mgrid[0:48, 0:48] / 48.0
+    clean = torch.from_numpy(np.stack([x, y, x * y]) * 0.8 + 0.1).float()[None]
+    clean = (clean * 255).round() / 255
+    for whole in (False, True):
+        noisy = benchmark.add_noise(clean, "salt_pepper", seed=0, amount=0.1, whole_pixel=whole)
+        out = benchmark.switching_median(noisy)
+        extreme = (noisy == 0) | (noisy == 1)
+        assert torch.allclose(out[~extreme], noisy[~extreme], atol=1e-6)  # the other values are kept
+        assert psnr(out, clean) > psnr(noisy, clean) + 10
+
+
+@pytest.mark.skipif(not (BUNDLED / "fidelity").is_dir(), reason="the bundled weights are missing")
+def test_kinds_mode_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    pytest.importorskip("bm3d", reason="optional peer package bm3d not installed")
+    data, out = photos(tmp_path / "kodak"), tmp_path / "kinds.json"
+    rc = benchmark.main(["--kinds", "gaussian:25", "poisson:20", "camera:30/4/75", "salt_pepper:0.1", "salt_pepper_whole:0.1",
+                         "--data", str(data), "--peer-limit", "1", "--threads", "1", "--output", str(out)])
+    assert rc == 0
+    result = json.loads(out.read_text())
+    records = {r["kind"]: r for r in result["kinds"]}
+    assert list(records) == ["gaussian", "poisson", "camera", "salt_pepper", "salt_pepper_whole"]
+    for kind, r in records.items():
+        assert r["images"] == 2 and r["set"] == "kodak"
+        for name in ("noisy", "ours_auto", "ours_informed", *benchmark.KIND_PEERS[kind]):
+            assert math.isfinite(r[name]["psnr"]) and 0 < r[name]["ssim"] <= 1 and len(r[name]["psnr_per_image"]) == r[name]["images"]
+        assert r["ours_auto"]["seconds_per_image"] > 0 and len(r["ours_auto"]["sigma_per_image"]) == 2
+    assert records["gaussian"]["ours_informed"]["psnr"] > records["gaussian"]["noisy"]["psnr"] + 3
+    assert records["gaussian"]["nlm_oracle"]["psnr"] > records["gaussian"]["noisy"]["psnr"]
+    assert records["camera"]["nlm_oracle"]["h_per_image"][0] > 0
+    for kind in ("salt_pepper", "salt_pepper_whole"):
+        assert records[kind]["params"]["whole_pixel"] == (kind == "salt_pepper_whole")
+        assert records[kind]["switching_median"]["psnr"] > records[kind]["noisy"]["psnr"] + 5
+    cbm3d = records["poisson"]["cbm3d_anscombe"]
+    assert cbm3d["images"] == 1 and records["poisson"]["nlm_oracle"]["images"] == 2  # --peer-limit: the slow peer only
+    assert cbm3d["psnr"] > records["poisson"]["noisy"]["psnr_per_image"][0] + 3
+    assert set(cbm3d["ours_on_same_images"]) == {"ours_auto", "ours_informed"}
+    assert result["meta"]["peer_limit"] == 1 and "oracle" in result["meta"]["oracle_note"]
+    printed = capsys.readouterr().out
+    assert "**whole-pixel salt & pepper** (kodak, 2 images" in printed and "| peak 30, read 4, JPEG 75 |" in printed
+    assert "(1 image; ours auto on them" in printed and "NLM is an oracle" in printed and "seconds per image: ours automatic" in printed
+    assert result["markdown_kinds"] in printed
+
+
+def gray_photos(folder: Path, n: int = 2) -> Path:
+    folder.mkdir(parents=True)
+    y, x = np.mgrid[0:40, 0:48] / 40.0
+    for i in range(n):
+        Image.fromarray(((np.sin(4 * x + i) * np.cos(3 * y) * 0.35 + 0.5) * 255).round().astype(np.uint8), mode="L").save(folder / f"g{i}.png")
+    return folder
+
+
+def test_gray_mode_end_to_end(setup: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    pytest.importorskip("bm3d", reason="optional peer package bm3d not installed")
+    out = tmp_path / "gray.json"
+    rc = benchmark.main(["--gray", str(gray_photos(tmp_path / "bsd-gray")), "--sigmas", "25", "--protocol", "both",
+                         "--weights", str(setup["weights"]), "--peer-limit", "1", "--threads", "1", "--output", str(out)])
+    assert rc == 0
+    result = json.loads(out.read_text())
+    assert [(r["protocol"], r["sigma"]) for r in result["gray"]] == [("standard", 25), ("realistic", 25)]
+    for r in result["gray"]:
+        assert r["images"] == 2 and r["noisy"]["images"] == r["ours_informed"]["images"] == r["ours_auto"]["images"] == 2
+        assert r["bm3d"]["images"] == 1 and r["bm3d"]["psnr"] > r["noisy"]["psnr_per_image"][0] + 5
+        assert math.isfinite(r["ours_informed"]["psnr"]) and 0 < r["ours_auto"]["ssim"] <= 1
+        assert r["ours_auto"]["sigma_per_image"][0] == pytest.approx(25, rel=0.3)  # wavelet estimate (no estimator/)
+    assert result["gray"][0]["noisy"]["psnr"] == pytest.approx(20.2, abs=1)  # sigma 25 on one channel
+    printed = capsys.readouterr().out
+    assert "**bsd-gray** (gray, 2 images, standard protocol" in printed and "realistic protocol" in printed
+    assert "| 25 | " in printed and "BM3D (gray, true sigma)" in printed and result["markdown_gray"] in printed
+
+
+def test_real_mode_end_to_end(setup: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    pytest.importorskip("bm3d", reason="optional peer package bm3d not installed")
+    folder = tmp_path / "real"
+    photos(folder)
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        clean = np.asarray(Image.open(folder / f"im{i}.png"), dtype=np.float64)
+        (folder / f"im{i}.png").rename(folder / f"cam{i}_mean.png")
+        noisy = np.clip(clean + rng.normal(0, 10, clean.shape), 0, 255).round().astype(np.uint8)
+        Image.fromarray(noisy).save(folder / f"cam{i}_real.png")
+    Image.fromarray(noisy).save(folder / "orphan_real.png")  # no ground truth: left out
+    out = tmp_path / "real.json"
+    rc = benchmark.main(["--real", str(folder), "--realism-sweep", "0,0.5", "--weights", str(setup["weights"]),
+                         "--peer-limit", "1", "--threads", "1", "--output", str(out)])
+    assert rc == 0
+    real = json.loads(out.read_text())["real"]
+    assert real["images"] == ["cam0", "cam1"] and real["set"] == "real"
+    assert set(real) >= {"noisy", "ours_auto", "nlm_oracle", "cbm3d", "ours@0.5"} and "ours@0" not in real
+    assert real["noisy"]["images"] == real["ours_auto"]["images"] == real["nlm_oracle"]["images"] == real["ours@0.5"]["images"] == 2
+    assert real["nlm_oracle"]["psnr"] > real["noisy"]["psnr"] + 2 and all(h in benchmark.NLM_REAL_H for h in real["nlm_oracle"]["h_per_image"])
+    assert real["cbm3d"]["images"] == 1 and real["cbm3d"]["sigma_per_image"][0] == pytest.approx(10, rel=0.3)
+    assert real["cbm3d"]["psnr"] > real["noisy"]["psnr_per_image"][0] + 2 and "ours_on_same_images" in real["cbm3d"]
+    printed = capsys.readouterr().out
+    assert "**real** (2 real noisy photos against the mean image)" in printed and "| cam1 | " in printed and "| **mean** | " in printed
+    assert "ours@0.5" in printed and "NLM is an oracle" in printed
+    with pytest.raises(SystemExit, match="no NAME_real"):
+        benchmark.real_pairs(setup["data"], None)

@@ -25,6 +25,29 @@ noise level), --memory-check (a synthetic 6000x4000 photo through our tiled infe
 --auto-check (the automatic strength: the noise level estimated by the learned estimator and by the
 wavelet method, against the true level, and our PSNR at each, on photos with upload-like noise).
 CBM3D comes from the optional `bm3d` package (non-commercial license): benchmark-only.
+
+Every noise kind, grayscale photos and real camera noise (each in this process; quality first, and
+seconds per image for each method; `--peer-limit N` runs the slow peers, CBM3D and BM3D at about 40 s
+per Kodak image, on the first N images only, and each number says how many images it is over):
+
+    python -m train.benchmark --kinds gaussian:15,50 poisson:10,50 speckle:0.1,0.3 camera:30/4/75,30/4 \
+        salt_pepper:0.05,0.2 salt_pepper_whole:0.05,0.2 --data ../shared/data/test-Kodak24 --output kinds.json
+    python -m train.benchmark --gray ../shared/data/test-BSD68-gray --sigmas 15,25,50 --protocol standard --output gray.json
+    python -m train.benchmark --real ../shared/data/real-CC15 --realism-sweep 0,0.5,1 --output real.json
+
+- --kinds KIND:LEVEL,LEVEL ... (no value: the levels above): gaussian sigma, poisson peak, speckle
+  sigma, camera PEAK/READ_SIGMA[/JPEG_QUALITY], salt_pepper amount (per channel), salt_pepper_whole
+  amount (whole-pixel impulses). Noise as the demo adds it (clipped, 8-bit, seed = image index). Per
+  level: noisy; ours automatic (`restore`, sigma None); ours informed (the exact noise map,
+  `informed_noise_map`; impulses removed first for salt & pepper); the kind's classical peers: a plain
+  switching median (OpenCV 3x3 median where a value is 0 or 255) for impulses, OpenCV NLM with its best
+  h per image (an oracle: h picked with the clean image) for gaussian, poisson, speckle and camera, and
+  CBM3D with the Anscombe transform (exact unbiased inverse, Makitalo & Foi 2011) for poisson.
+- --gray FOLDER: 1-channel photos at --sigmas, --protocol: ours informed (the true sigma), ours
+  automatic, and BM3D (gray) at the true sigma.
+- --real FOLDER: NAME_real / NAME_mean pairs (noisy photo, mean of many shots): ours automatic, NLM
+  with its best h per image (an oracle), CBM3D at scikit-image's wavelet estimate of sigma, and ours at
+  each --realism-sweep value; per image and mean.
 """
 
 from __future__ import annotations
