@@ -422,23 +422,34 @@ def _exif_payload(exif: bytes | None) -> bytes | None:
     return exif[6:] if exif.startswith(b"Exif\x00\x00") else exif
 
 
-def _png16(arr: np.ndarray, icc: bytes | None, exif: bytes | None = None, compress_level: int = 6) -> bytes:
-    """HxW or HxWxC (C = 2, 3, 4) uint16 array -> 16-bit PNG bytes (Pillow cannot write 16-bit colour)."""
+def _png(arr: np.ndarray, depth: int, icc: bytes | None, exif: bytes | None = None, compress_level: int = 6) -> bytes:
+    """HxW or HxWxC (C = 2, 3, 4) uint8 (depth 8) or uint16 (depth 16) array -> PNG bytes.
+
+    Our own writer (Pillow cannot write 16-bit colour): every row with the "Sub" filter (as small as
+    Pillow's adaptive choice on photos, and faster), deflated in blocks of rows. Memory: one filtered
+    copy of the pixels plus the compressed output."""
     h, w = arr.shape[:2]
     c = 1 if arr.ndim == 2 else arr.shape[2]
     color_type = {1: 0, 2: 4, 3: 2, 4: 6}[c]
-    raw = np.ascontiguousarray(arr, dtype=">u2").reshape(h, w * c).view(np.uint8)  # big-endian bytes, one row per line
-    bpp = 2 * c
-    sub = raw.copy()
-    sub[:, bpp:] = raw[:, bpp:] - raw[:, :-bpp]  # PNG "Sub" filter (uint8 arithmetic wraps mod 256)
-    rows = np.concatenate([np.ones((h, 1), np.uint8), sub], axis=1)
-    out = [b"\x89PNG\r\n\x1a\n", _png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, color_type, 0, 0, 0))]
+    bpp = c * depth // 8
+    raw = np.ascontiguousarray(arr, dtype=">u2" if depth == 16 else np.uint8).reshape(h, w * c).view(np.uint8)
+    rows = np.empty((h, 1 + raw.shape[1]), np.uint8)  # filter byte + the row, big-endian for 16-bit
+    rows[:, 0] = 1  # PNG filter type 1, "Sub": each byte minus the byte one pixel to the left (mod 256)
+    rows[:, 1 : 1 + bpp] = raw[:, :bpp]
+    np.subtract(raw[:, bpp:], raw[:, :-bpp], out=rows[:, 1 + bpp :])
+    del raw
+    deflate = zlib.compressobj(compress_level)
+    step = max(1, (4 << 20) // rows.shape[1])  # about 4 MB of rows per call
+    idat = [deflate.compress(memoryview(rows[y : y + step]).cast("B")) for y in range(0, h, step)]
+    idat.append(deflate.flush())
+    del rows
+    out = [b"\x89PNG\r\n\x1a\n", _png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, depth, color_type, 0, 0, 0))]
     if icc:
         out.append(_png_chunk(b"iCCP", b"ICC Profile\x00\x00" + zlib.compress(icc)))
     payload = _exif_payload(exif)
     if payload:
         out.append(_png_chunk(b"eXIf", payload))
-    out.append(_png_chunk(b"IDAT", zlib.compress(rows.tobytes(), compress_level)))
+    out.append(_png_chunk(b"IDAT", b"".join(idat)))
     out.append(_png_chunk(b"IEND", b""))
     return b"".join(out)
 
@@ -465,16 +476,7 @@ def encode_png(data: ImageData, *, compress_level: int = 6) -> bytes:
             top = 65535.0 if depth == 16 else 255.0
             alpha = (np.clip(np.nan_to_num(alpha.astype(np.float64) / scale), 0, 1) * top + 0.5).astype(dtype)
         arr = np.dstack([arr, alpha])
-    if depth == 16:
-        return _png16(arr, data.icc_profile, data.exif, compress_level)
-    buf = io.BytesIO()
-    kwargs: dict = {"icc_profile": data.icc_profile} if data.icc_profile else {}
-    payload = _exif_payload(data.exif)
-    if payload:
-        kwargs["exif"] = payload
-    Image.fromarray(arr).save(buf, format="PNG", compress_level=compress_level, **kwargs)
-    del arr
-    return buf.getvalue()
+    return _png(arr, depth, data.icc_profile, data.exif, compress_level)
 
 
 def save_image(data: ImageData, path: str | Path, *, compress_level: int = 6) -> Path:
