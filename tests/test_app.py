@@ -569,3 +569,14 @@ def test_full_queue_says_so(app, tmp_path, rgb_png, monkeypatch):
         assert any("queue is full" in r.lower() for r in results), results
     finally:
         demo.close()
+
+
+def test_network_time_is_split_from_the_estimate(app):
+    """The timing line separates the network (from the tiles' pace) from what restore() did before it."""
+    clock = app._TileClock(None, False)
+    clock.first, clock.last, clock.calls = 10.0, 13.0, 4  # 4 tiles, 1 s apart: the network took 4 s
+    assert clock.network_seconds(9.0) == pytest.approx(4.0)
+    assert clock.network_seconds(3.5) == 3.5  # never more than the whole call
+    single = app._TileClock(None, False)
+    single(1, 1)
+    assert single.network_seconds(2.0) == 2.0  # one tile: no pace to measure, all of it counts as network
