@@ -272,3 +272,24 @@ def test_restore_reports_the_map_and_removes_impulses():
     assert (res.image.pixels - clean).abs()[hit].mean() < 0.1
     with pytest.raises(ValueError, match="sigma"):
         restore(weights, ImageData(pixels=noisy), sigma=float("nan"), impulses=False)
+
+
+def test_restore_ignores_transparent_pixels_in_the_estimate():
+    model = tiny()
+    est = constant_estimator(12.0)
+
+    class ByBrightness(type(est)):
+        def log_sigma(self, noisy):  # reads the noise level as brightness x 40 (a known function)
+            return torch.log(torch.nn.functional.avg_pool2d(noisy.mean(1, keepdim=True), 4) * 40 / 255 + self.eps)
+
+    est.__class__ = ByBrightness
+    weights = Weights(fidelity=model, source="mem", estimator=est)
+    photo = smooth(64, 64) * 0.5  # dark: read as a low level
+    canvas = torch.full((1, 3, 128, 128), 0.9) + 0.05 * torch.rand(1, 3, 128, 128, generator=torch.Generator().manual_seed(0))
+    canvas[..., 32:96, 32:96] = photo
+    alpha = np.zeros((128, 128), np.uint8)
+    alpha[32:96, 32:96] = 255
+    alone = restore(weights, ImageData(pixels=photo), impulses=False).sigma
+    cutout = restore(weights, ImageData(pixels=canvas, alpha=alpha), impulses=False).sigma
+    opaque = restore(weights, ImageData(pixels=canvas), impulses=False).sigma
+    assert abs(cutout - alone) < 0.1 * alone < abs(opaque - alone)
