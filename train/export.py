@@ -57,7 +57,7 @@ USE = """```bash
 python -m ganlib denoise photo.jpg -o out/ --weights <this folder or repo id>
 ```"""
 LIMITS = """Removing sensor noise and synthetic noise from photos. It does not restore blur or JPEG artefacts
-beyond mild ones, and it was trained on natural photos (BSDS), so drawings, text and medical or
+beyond mild ones, and it was trained on natural photos (BSDS, SUN scenes), so drawings, text and medical or
 scientific images are out of its domain. The GAN stage adds plausible texture that is not in the
 input: do not use it where exact detail matters (forensics, medicine, science)."""
 ESTIMATOR_USE = """Place this folder as `estimator/` beside `fidelity/` (and `gan/`) in a weights folder or repo; the CLI
@@ -87,8 +87,13 @@ def training_history(init: str) -> list[dict]:
     return [{"stage": "unrecorded", "init": str(init)}]
 
 
+def data_names(data: str) -> str:
+    """'../a/train-X,../b/train-Y' -> 'train-X + train-Y' (the folder names of a --data list)."""
+    return " + ".join(Path(p.strip()).name for p in str(data).split(",") if p.strip()) or "custom"
+
+
 def this_run(cfg, *, steps: int, seconds: float) -> dict:
-    return {"stage": cfg.stage, "data": Path(cfg.data).name, "init": cfg.init, "steps": steps, "batch": cfg.batch_size,
+    return {"stage": cfg.stage, "data": data_names(cfg.data), "init": cfg.init, "steps": steps, "batch": cfg.batch_size,
             "crop": cfg.crop, "lr": cfg.lr, "hours": round(seconds / 3600, 3), "device": device_name()}
 
 
@@ -106,7 +111,10 @@ def model_card(cfg, metrics: dict[str, float], *, train_images: int, val_images:
     if cfg.stage == "fidelity":
         stage_text = "trained with the L1 pixel loss for the highest PSNR."
     elif cfg.stage == "gan":
-        stage_text = f"fine-tuned from the fidelity model with a conditional PatchGAN ({cfg.gan_loss} loss, weight {cfg.adv_weight}) for sharper texture."
+        disc = "U-Net discriminator (Real-ESRGAN)" if getattr(cfg.discriminator, "kind", "patch") == "unet" else "PatchGAN"
+        fm = f", feature matching weight {cfg.fm_weight}" if getattr(cfg, "fm_weight", 0) else ""
+        stage_text = (f"fine-tuned from the fidelity model against a conditional {disc} ({cfg.gan_loss} loss, weight "
+                      f"{cfg.adv_weight}{fm}) for texture closer to the clean photo's.")
     else:
         what = "A small CNN that estimates the noise level of a photo, to set the denoiser's strength automatically"
         stage_text = "trained to predict the generator's noise-level map (L1 on log noise levels) from the noisy image alone."
@@ -120,12 +128,12 @@ def model_card(cfg, metrics: dict[str, float], *, train_images: int, val_images:
         use=ESTIMATOR_USE if estimating else USE,
         limits=ESTIMATOR_LIMITS if estimating else LIMITS,
         val_text=val_text,
-        dataset=Path(cfg.data).name or "custom",
+        dataset=data_names(cfg.data).split(" + ")[0],
         stage=cfg.stage,
         stage_text=stage_text,
         params=sum(p.numel() for p in model.parameters()),
         macs=count_macs_per_pixel(model, channels=model.config.channels),
-        data=Path(cfg.data).name,
+        data=data_names(cfg.data),
         train_images=train_images,
         val_images=val_images,
         mix=json.dumps(cfg.noise.mix),
