@@ -580,3 +580,32 @@ def test_network_time_is_split_from_the_estimate(app):
     single = app._TileClock(None, False)
     single(1, 1)
     assert single.network_seconds(2.0) == 2.0  # one tile: no pace to measure, all of it counts as network
+
+
+def test_impulse_precheck_and_fast_estimate(app, rgb_png, tmp_path, monkeypatch):
+    """Photo mode: without values at 0 or 1 there can be no impulses, so restore()'s whole-photo check is
+    skipped and the map comes from the demo's smaller estimate; with many such values restore() checks."""
+    from ganlib.models import EstimatorConfig, NoiseEstimator
+    from ganlib.noise import add_noise
+
+    smooth = load_image(rgb_png).pixels
+    peppered = add_noise(smooth, "salt_pepper", seed=0, amount=0.1)
+    assert not app._may_have_impulses(smooth) and app._may_have_impulses(peppered)
+    assert app._may_have_impulses(peppered, rows=7)  # the same in blocks of rows
+    folder = make_weights(tmp_path / "w", gan=False)
+    est = NoiseEstimator(EstimatorConfig(width=8))
+    with torch.no_grad():
+        est.out.weight.zero_()
+        est.out.bias.fill_(float(np.log(17 / 255 + NoiseEstimator.eps)))
+    est.save_pretrained(folder / "estimator")
+    monkeypatch.setattr(app, "_weights", None)
+    monkeypatch.setenv("GANLIB_WEIGHTS", str(folder))
+    seen = []
+    real = app.restore
+    monkeypatch.setattr(app, "restore", lambda *a, **k: seen.append(k["impulses"]) or real(*a, **k))
+    m = app.run(str(rgb_png), "none").metrics
+    assert seen == [False] and m["noise_map"] == "estimated" and m["sigma_used"] == pytest.approx(17, abs=1e-3)
+    assert "estimate" in m["seconds"]
+    noisy_png = save_image(ImageData(pixels=peppered), tmp_path / "peppered.png")
+    m = app.run(str(noisy_png), "none").metrics
+    assert seen[-1] is None and m["noise_map"] == "estimated"  # restore() checks for impulses and estimates itself
