@@ -392,7 +392,7 @@ def _run_network(weights: Weights, noisy: ImageData, sigma: float | torch.Tensor
 
 def _may_have_impulses(pixels: torch.Tensor, rows: int = 1024) -> bool:
     """Whether restore()'s salt & pepper check could find anything: impulses are values at 0 or 1, so with
-    fewer than IMPULSE_MIN_FRACTION of the values there, the check (7 s on a 12 MP photo) cannot reach its
+    fewer than IMPULSE_MIN_FRACTION of the values there, the check (1.2 s on a 12 MP photo) cannot reach its
     threshold and is skipped with the same outcome. One pass in blocks of rows."""
     extremes = 0
     for y in range(0, pixels.shape[-2], rows):
