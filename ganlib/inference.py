@@ -51,7 +51,7 @@ def resolve_precision(precision: str, device: torch.device | str = "cpu") -> str
     return precision
 
 
-def estimate_sigma(image: torch.Tensor, estimator: NoiseEstimator | None = None, *, tile: int = 1024, max_tiles: int = 8,
+def estimate_sigma(image: torch.Tensor, estimator: NoiseEstimator | None = None, *, tile: int = 512, max_tiles: int = 8,
                    alpha: torch.Tensor | None = None) -> float:
     """Estimate the noise level (0-255 scale) of a (1,C,H,W) image.
 
@@ -92,7 +92,7 @@ def _nlf_curve(bright: torch.Tensor, level: torch.Tensor, sigma: float) -> torch
 
 
 @torch.no_grad()
-def estimate_noise_map(image: torch.Tensor, estimator: NoiseEstimator, *, tile: int = 1024, max_tiles: int = 8,
+def estimate_noise_map(image: torch.Tensor, estimator: NoiseEstimator, *, tile: int = 512, max_tiles: int = 8,
                        alpha: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:
     """Blind noise-level map of a (1,C,H,W) image in [0, 1]: ((1,1,H,W) map, summary), 0-255 scale.
 
