@@ -144,3 +144,15 @@ def test_unet_discriminator_scores_every_pixel_and_exposes_features():
     assert len(sn) == 7  # every conv but the first and the last
     with pytest.raises(ValueError, match="kind"):
         DiscriminatorConfig(kind="dcgan")
+
+
+def test_discriminator_can_judge_the_amplified_method_noise():
+    torch.manual_seed(0)
+    disc = Discriminator(DiscriminatorConfig(channels=3, width=8, layers=2, kind="unet", residual_gain=8.0)).eval()
+    noisy, cand = torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32)
+    plain = Discriminator(DiscriminatorConfig(channels=3, width=8, layers=2, kind="unet")).eval()
+    plain.load_state_dict(disc.state_dict())
+    assert torch.allclose(disc(noisy, cand), plain(noisy, 8.0 * (noisy - cand)))  # sees (noisy, 8 x residual)
+    patch = Discriminator(DiscriminatorConfig(channels=3, width=8, layers=2, residual_gain=4.0, spectral_norm=False)).eval()
+    assert not any(nn.utils.parametrize.is_parametrized(m, "weight") for m in patch.modules() if isinstance(m, nn.Conv2d))
+    assert patch(noisy, noisy).shape == patch(noisy, cand).shape

@@ -209,9 +209,10 @@ def validate_real(model: Generator, pairs: list[tuple[torch.Tensor, torch.Tensor
 
 @torch.no_grad()
 def discriminator_accuracy(disc: torch.nn.Module, model: Generator, images: list[torch.Tensor], sigma: float, seed: int,
-                           crop: int = 128) -> float:
+                           crop: int = 128, relativistic: bool = False) -> float:
     """Share of held-back validation scores the discriminator gets right: clean crops scored > 0 and
-    denoised crops scored < 0 (0.5 = it cannot tell them apart)."""
+    denoised crops scored < 0, or with a relativistic loss above / below the other class's mean score
+    (0.5 = it cannot tell them apart)."""
     model.eval()
     disc = disc.module if isinstance(disc, torch.nn.parallel.DistributedDataParallel) else disc
     right, total = 0.0, 0
@@ -221,6 +222,8 @@ def discriminator_accuracy(disc: torch.nn.Module, model: Generator, images: list
         p = next(disc.parameters())
         den = denoise(model, noisy, sigma).to(p)
         real, fake = disc(noisy.to(p), clean.to(p)).float(), disc(noisy.to(p), den).float()
+        if relativistic:  # only the difference is trained: each score against the other class's mean
+            real, fake = real - fake.mean(), fake - real.mean()
         right += float((real > 0).float().sum() + (fake < 0).float().sum())
         total += real.numel() + fake.numel()
     model.train()
@@ -525,7 +528,8 @@ def _run(cfg: TrainConfig, resume: bool) -> Path:
             if real_pairs:
                 metrics.update(validate_real(ema, real_pairs, val_estimator))
             if disc is not None:
-                metrics["d_accuracy"] = discriminator_accuracy(disc, ema, val_images, cfg.val_sigmas[len(cfg.val_sigmas) // 2], 10_000)
+                metrics["d_accuracy"] = discriminator_accuracy(disc, ema, val_images, cfg.val_sigmas[len(cfg.val_sigmas) // 2], 10_000,
+                                                               relativistic=cfg.gan_loss == "relativistic")
             if not estimating:
                 save_grid(ema, val_images, cfg.val_sigmas[len(cfg.val_sigmas) // 2], 10_000, out / "val" / f"step{step:07d}.png")
             writer.writerow([step, f"{time.time():.0f}", "", "", "", "", json.dumps(metrics)])
