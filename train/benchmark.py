@@ -604,6 +604,29 @@ def realism_crops(clean_photos: list[Path], real_pair: tuple[Path, Path] | None,
     return info
 
 
+def brightness_check(weights: str | None, strengths: tuple[float, ...] = (0, 10, 25, 50, 75, 100),
+                     precision: str = "float32") -> list[dict]:
+    """Largest channel-mean shift (0-255 levels) of clean images denoised at each strength: flat gray,
+    a colour ramp and scikit-image's astronaut photo (256x256). The fidelity model, one pass."""
+    from skimage import data
+
+    from ganlib.hub import load_weights
+
+    model = load_weights(weights).generator(0.0)
+    y, x = torch.meshgrid(torch.linspace(0, 1, 192), torch.linspace(0, 1, 256), indexing="ij")
+    images = {"flat gray 128": torch.full((1, 3, 192, 192), 128 / 255),
+              "colour ramp": torch.stack([0.1 + 0.8 * x, 0.2 + 0.6 * y, 0.9 - 0.8 * x])[None],
+              "astronaut (clean)": to_tensor(data.astronaut()[50:306, 150:406])}
+    rows = []
+    for name, image in images.items():
+        row = {"image": name}
+        for s in strengths:
+            out = denoise(model, image, float(s), precision=precision)
+            row[f"{s:g}"] = round(float(((out.mean((2, 3)) - image.mean((2, 3))) * 255).abs().max()), 2)
+        rows.append(row)
+    return rows
+
+
 def tune_nlm(folder: str, sigmas: list[float], limit: int, crop: int = 192) -> dict[float, tuple[float, float]]:
     """Best h (with hColor = h) per sigma on centre crops of training images, by mean PSNR; returns
     {sigma: (h, mean PSNR)}. Noise: the standard protocol, clipped and rounded as NLM needs."""
@@ -1147,6 +1170,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="figure of textured crops at realism 0/0.5/1 (or --realism-sweep): --crop-photos CLEAN1 CLEAN2 [--crop-real NOISY MEAN]")
     p.add_argument("--crop-photos", nargs="+", type=Path, default=[], help="clean photos for --realism-crops (gaussian 25, camera noise)")
     p.add_argument("--crop-real", nargs=2, type=Path, default=None, metavar=("NOISY", "MEAN"), help="a real noisy photo and its ground truth")
+    p.add_argument("--brightness-check", action="store_true", help="channel-mean shift of clean images at strengths 0-100")
     p.add_argument("--auto-check", action="store_true", help="with --data: the automatic strength (estimated vs true noise level, PSNR at each)")
     p.add_argument("--memory-check", action="store_true", help="peak memory of a 6000x4000 photo through our tiled inference")
     p.add_argument("--kinds", nargs="*", metavar="KIND:LEVELS",
@@ -1189,7 +1213,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.realism_crops and not args.crop_photos:
         p.error("--realism-crops needs --crop-photos CLEAN1 [CLEAN2]")
     if not (args.data or args.grid_real or args.memory_check or args.tune_nlm or args.cards or args.kinds is not None or args.gray
-            or args.real or args.realism_crops):
+            or args.real or args.realism_crops or args.brightness_check):
         p.error("nothing to do: give --data, --kinds, --gray, --real, --grid-real, --realism-crops, --memory-check, --tune-nlm or --cards")
     return args
 
@@ -1300,6 +1324,13 @@ def main(argv: list[str] | None = None) -> int:
         result["grid"] = {"file": str(args.grid_out), "crop": args.grid_crop, "columns": ["noisy", *methods],
                           "images": real_grid(args.grid_real, args.grid_out, args.weights, methods, args.grid_crop, args.limit, args.tile, args.precision)}
         log.info("grid written to %s", args.grid_out)
+    if args.brightness_check:
+        rows = brightness_check(args.weights)
+        result["brightness"] = rows
+        print("| image | " + " | ".join(f"strength {k}" for k in rows[0] if k != "image") + " |")
+        print("|---" * len(rows[0]) + "|")
+        for row in rows:
+            print(f"| {row['image']} | " + " | ".join(f"{v:.2f}" for k, v in row.items() if k != "image") + " |")
     if args.realism_crops:
         realisms = args.realism_sweep or [0.0, 0.5, 1.0]
         result["realism_crops"] = {"file": str(args.realism_crops), "realisms": realisms,
