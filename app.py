@@ -45,11 +45,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
-from ganlib.compare import KindComparison, compare_kinds, crop_for_compare
+from ganlib.compare import KindComparison, compare_kinds, crop_for_compare, most_textured_window
 from ganlib.hub import Weights, load_weights
-from ganlib.images import ImageData, ImageError, load_image, save_image
+from ganlib.images import ImageData, ImageError, load_image, save_image, to_pil
 from ganlib.impulse import EXTREME
-from ganlib.inference import IMPULSE_MIN_FRACTION, Restored, estimate_noise_map, resolve_precision, restore
+from ganlib.inference import IMPULSE_MIN_FRACTION, Restored, denoise, estimate_noise_map, resolve_precision, restore
 from ganlib.noise import DEFAULTS, KINDS, add_noise, informed_noise_map
 
 try:  # Hugging Face ZeroGPU: present on Spaces only; a plain CPU run never needs it
@@ -635,6 +635,10 @@ def _run(image, noise_kind, noise_params, seed, strength, realism, progress, ens
         stages.start("views", "Drawing the noise-level map and the residual")
         files: dict[str, Path] = {}
         captions = _write_views(view, stem, source.pixels, denoised.pixels, restored.noise_map, map_kind, files)
+        if realism > 0 and not skipped:
+            stages.start("views", "Comparing realism 0 on a textured crop")
+            files["realism"] = view / f"{stem}_realism.png"
+            captions["realism"] = realism_view(weights, source.pixels, denoised.pixels, restored.noise_map, realism, files["realism"])
         stages.start("write", "Writing lossless PNGs")
         for key, fut in pending.items():
             files[key] = fut.result()
@@ -648,6 +652,36 @@ def _run(image, noise_kind, noise_params, seed, strength, realism, progress, ens
     metrics["seconds_total"] = round(time.perf_counter() - t0, 3)
     log.info("%s %dx%d %s: %s", name, metrics["width"], metrics["height"], noise_kind, stages.seconds)
     return Result(original, noisy, denoised, restored.noise_map, metrics, metrics["seconds_total"], files, captions)
+
+
+REALISM_CROP = 128  # side of the realism comparison crop, shown at 200%
+REALISM_HINT = "Set **realism** above 0 and denoise: this tab then shows a textured crop at realism 0 beside the chosen realism, at 200%."
+
+
+def realism_view(weights: Weights, noisy: torch.Tensor, denoised: torch.Tensor, noise_map: torch.Tensor, realism: float,
+                 path: Path) -> str:
+    """Side by side at 200%, the most textured REALISM_CROP window: realism 0 (computed here on that window
+    plus a margin) | the result at `realism`. Writes the PNG to `path`, returns its caption."""
+    h, w = denoised.shape[-2:]
+    side = min(REALISM_CROP, h, w)
+    y, x = most_textured_window(denoised, side)
+    m = 32
+    y0, x0, y1, x1 = max(0, y - m), max(0, x - m), min(h, y + side + m), min(w, x + side + m)
+    base = denoise(weights.generator(0.0), noisy[..., y0:y1, x0:x1], noise_map[..., y0:y1, x0:x1].float(), tile=None,
+                   precision=PRECISION)
+    a = base[..., y - y0 : y - y0 + side, x - x0 : x - x0 + side]
+    b = denoised[..., y : y + side, x : x + side].float()
+    pair = torch.nn.functional.interpolate(torch.cat([a, torch.ones_like(a[..., :4]), b], -1), scale_factor=2, mode="nearest")
+    img = to_pil(pair)
+    canvas = Image.new("RGB", (img.width, img.height + 20), "white")
+    canvas.paste(img.convert("RGB"), (0, 20))
+    draw = ImageDraw.Draw(canvas)
+    draw.text((4, 3), "realism 0 (fidelity)", fill="black", font=_font(13))
+    draw.text((img.width // 2 + 6, 3), f"realism {realism:g}", fill="black", font=_font(13))
+    canvas.save(path, compress_level=PNG_LEVEL)
+    diff = float((a - b).abs().mean()) * 255
+    return (f"**Realism {realism:g} against 0** on the most textured {side}x{side} window (x={x}, y={y}), at 200%: "
+            f"mean difference {diff:.2f} levels. Realism 1 is the GAN stage; in between, the two networks' weights are blended.")
 
 
 def _write_views(folder: Path, stem: str, noisy: torch.Tensor, denoised: torch.Tensor, noise_map: torch.Tensor,
@@ -823,7 +857,8 @@ def _metrics_markdown(res: Result) -> str:
     return "\n".join(lines)
 
 
-DENOISE_OUTPUTS = 12  # slider, original, noisy, denoised, metrics md, download, metrics json, map, map md, residual, residual md, status
+DENOISE_OUTPUTS = 14  # slider, original, noisy, denoised, metrics md, download, metrics json, map, map md, residual, residual md,
+#                      realism crop, realism md, status
 
 
 def ui_denoise(
@@ -872,6 +907,8 @@ def ui_denoise(
         res.captions["map"],
         str(res.files["residual"]),
         res.captions["residual"],
+        str(res.files["realism"]) if "realism" in res.files else None,
+        res.captions.get("realism", REALISM_HINT),
         "",
     )
 
@@ -1033,6 +1070,10 @@ def build_demo(examples_dir: Path | None = None) -> gr.Blocks:
                         resid_md = gr.Markdown(elem_id="residual-caption")
                         resid_img = gr.Image(label="residual: noisy - denoised, amplified", show_label=False, type="filepath", format="png",
                                              interactive=False, elem_id="residual", buttons=["download", "fullscreen"])
+                    with gr.Tab("Realism", id="realism-tab", elem_id="realism-tab"):
+                        realism_md = gr.Markdown(REALISM_HINT, elem_id="realism-caption")
+                        realism_img = gr.Image(label="realism 0 | chosen realism, 200%", show_label=False, type="filepath", format="png",
+                                               interactive=False, elem_id="realism-crop", buttons=["download", "fullscreen"])
                     with gr.Tab("Images", id="images-tab"):
                         with gr.Row():
                             out_original = gr.Image(label="original", type="filepath", format="png", interactive=False, buttons=["download", "fullscreen"])
@@ -1060,7 +1101,7 @@ def build_demo(examples_dir: Path | None = None) -> gr.Blocks:
             ui_denoise,
             inputs=[image, mode, kind, *settings, seed, informed, auto_strength, strength, realism, ensemble],
             outputs=[slider, out_original, out_noisy, out_denoised, metrics_md, download, metrics_json, map_img, map_md,
-                     resid_img, resid_md, status],
+                     resid_img, resid_md, realism_img, realism_md, status],
             preprocess=False, api_visibility="private", concurrency_id="denoise", concurrency_limit=CONCURRENCY,
         )
         compare_btn.click(lambda: gr.Tabs(selected="compare-tab"), None, tabs, api_visibility="private", queue=False)

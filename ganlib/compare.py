@@ -39,6 +39,21 @@ class KindComparison:
     notes: list[str] = field(default_factory=list)
 
 
+def most_textured_window(pixels: torch.Tensor, side: int) -> tuple[int, int]:
+    """Top-left (y, x) of the side x side window of a (1,C,H,W) image with the most gradient energy
+    (grass, fur, fabric): where denoisers differ most, for side-by-side crops."""
+    h, w = pixels.shape[-2:]
+    side = max(1, min(side, h, w))
+    g = pixels.float().mean(1, keepdim=True)
+    energy = torch.zeros_like(g)
+    energy[..., 1:, :] += (g[..., 1:, :] - g[..., :-1, :]).abs()
+    energy[..., :, 1:] += (g[..., :, 1:] - g[..., :, :-1]).abs()
+    stride = max(1, side // 4)
+    pooled = torch.nn.functional.avg_pool2d(energy, side, stride=stride)
+    idx = int(pooled.flatten().argmax())
+    return (idx // pooled.shape[-1]) * stride, (idx % pooled.shape[-1]) * stride
+
+
 def crop_for_compare(pixels: torch.Tensor, max_side: int = 512) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
     """Centred crop of a (1,C,H,W) image to at most max_side x max_side: (crop, (y, x, h, w)) in pixels.
     Comparing five kinds on a large photo works on such a crop rather than on a silent downscale."""

@@ -311,7 +311,8 @@ def ui_args(app, image, mode="Noise lab", kind="gaussian", **over):
 def test_ui_function_returns_every_view(app, rgb_png):
     outs = app.ui_denoise(*ui_args(app, {"path": str(rgb_png), "orig_name": "photo.png"}, auto_strength=False, strength=20), progress=None)
     assert len(outs) == app.DENOISE_OUTPUTS
-    slider, original, noisy, denoised, md, download, metrics, heat, heat_md, resid, resid_md, status = outs
+    slider, original, noisy, denoised, md, download, metrics, heat, heat_md, resid, resid_md, real_img, real_md, status = outs
+    assert real_img is None and real_md == app.REALISM_HINT  # realism 0: nothing to compare
     assert slider == (noisy["value"], denoised) and noisy["visible"] is True
     assert Path(download["value"]).name == "photo_denoised.png" and download["label"] == "Download photo_denoised.png"
     assert metrics["sigma_used"] == 20 and metrics["noise_map"] == "manual" and "PSNR" in md
@@ -609,3 +610,15 @@ def test_impulse_precheck_and_fast_estimate(app, rgb_png, tmp_path, monkeypatch)
     noisy_png = save_image(ImageData(pixels=peppered), tmp_path / "peppered.png")
     m = app.run(str(noisy_png), "none").metrics
     assert seen[-1] is None and m["noise_map"] == "estimated"  # restore() checks for impulses and estimates itself
+
+
+def test_realism_tab_shows_realism_zero_beside_the_chosen_one(app, rgb_png):
+    """#14: the effect of realism at a glance: a textured crop at realism 0 beside the chosen realism, 200%."""
+    from PIL import Image
+
+    res = app.run(str(rgb_png), "gaussian", {"sigma": 25}, seed=0, realism=1.0)
+    crop = Image.open(res.files["realism"])
+    side = min(app.REALISM_CROP, res.metrics["width"], res.metrics["height"])
+    assert crop.size == (2 * (2 * side + 4), 2 * side + 20)
+    assert "Realism 1 against 0" in res.captions["realism"]
+    assert "realism" not in app.run(str(rgb_png), "gaussian", {"sigma": 25}, seed=0).files  # realism 0: nothing to compare

@@ -537,16 +537,6 @@ def real_grid(folder: str, out: Path, weights: str | None, methods: list[str], c
     return info
 
 
-def _most_textured(image: torch.Tensor, side: int) -> tuple[int, int]:
-    """Top-left corner of the side x side window with the most gradient energy (grass, fur, fabric)."""
-    g = image.mean(1, keepdim=True)
-    energy = (g[..., 1:, :-1] - g[..., :-1, :-1]).abs() + (g[..., :-1, 1:] - g[..., :-1, :-1]).abs()
-    pooled = torch.nn.functional.avg_pool2d(energy, side, stride=max(1, side // 4))
-    idx = int(pooled.flatten().argmax())
-    stride = max(1, side // 4)
-    return (idx // pooled.shape[-1]) * stride, (idx % pooled.shape[-1]) * stride
-
-
 def realism_crops(clean_photos: list[Path], real_pair: tuple[Path, Path] | None, out: Path, weights: str | None,
                   realisms: list[float], side: int = 96, precision: str = "auto") -> list[dict]:
     """A figure of textured crops: one row per case, clean | noisy | ours at each realism, each cell at
@@ -556,7 +546,7 @@ def realism_crops(clean_photos: list[Path], real_pair: tuple[Path, Path] | None,
     crop is the most textured window of the clean image. Returns per-row PSNR and detail ratio."""
     from PIL import Image, ImageDraw
 
-    from ganlib.hub import load_weights
+    from ganlib.compare import most_textured_window
     from ganlib.images import ImageData
     from ganlib.inference import restore
     from ganlib.noise import informed_noise_map
@@ -572,7 +562,7 @@ def realism_crops(clean_photos: list[Path], real_pair: tuple[Path, Path] | None,
         cases.append((f"{real_pair[0].stem} (real)", load_rgb(real_pair[1]), load_rgb(real_pair[0]), None))
     rows, info = [], []
     for label, clean, noisy, smap in cases:
-        y, x = _most_textured(clean, side)
+        y, x = most_textured_window(clean, side)
         cells = [clean, noisy]
         row = {"case": label, "crop": [y, x, side, side]}
         for r in realisms:
