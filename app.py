@@ -48,7 +48,7 @@ from PIL import Image, ImageDraw, ImageFont
 from ganlib.compare import KindComparison, compare_kinds, crop_for_compare, most_textured_window
 from ganlib.hub import Weights, load_weights
 from ganlib.images import ImageData, ImageError, load_image, save_image, to_pil
-from ganlib.impulse import EXTREME
+from ganlib.impulse import may_have_impulses
 from ganlib.inference import IMPULSE_MIN_FRACTION, Restored, denoise, estimate_noise_map, resolve_precision, restore
 from ganlib.noise import DEFAULTS, KINDS, add_noise, informed_noise_map
 
@@ -391,24 +391,16 @@ def _run_network(weights: Weights, noisy: ImageData, sigma: float | torch.Tensor
 
 
 def _may_have_impulses(pixels: torch.Tensor, rows: int = 1024) -> bool:
-    """Whether restore()'s salt & pepper check could find anything: impulses are values at 0 or 1, so with
-    fewer than IMPULSE_MIN_FRACTION of the values there, the check (1.2 s on a 12 MP photo) cannot reach its
-    threshold and is skipped with the same outcome. One pass in blocks of rows."""
-    extremes = 0
-    for y in range(0, pixels.shape[-2], rows):
-        block = pixels[..., y : y + rows, :]
-        extremes += int(((block <= EXTREME) | (block >= 1 - EXTREME)).sum())
-    return extremes >= IMPULSE_MIN_FRACTION * pixels.numel()
+    """Whether restore()'s salt & pepper check could find anything (`ganlib.impulse.may_have_impulses`): with
+    fewer than IMPULSE_MIN_FRACTION of the values at 0 or 1, the check (1.2 s on a 12 MP photo) cannot reach its
+    threshold and is skipped with the same outcome."""
+    return may_have_impulses(pixels, min_fraction=IMPULSE_MIN_FRACTION, rows=rows)
 
 
 def _blind_map(weights: Weights, image: ImageData) -> torch.Tensor:
     """The estimated (1,1,H,W) noise-level map (0-255), as restore() estimates it (estimator, transparent,
     flat and saturated areas ignored), from at most ESTIMATE_TILES tiles of ESTIMATE_TILE pixels."""
-    alpha = None
-    if image.alpha is not None:
-        scale = 65535.0 if image.alpha.dtype == np.uint16 else 255.0
-        alpha = torch.from_numpy(image.alpha.astype(np.float32) / scale)[None, None]
-    smap, _ = estimate_noise_map(image.pixels, weights.estimator, tile=ESTIMATE_TILE, max_tiles=ESTIMATE_TILES, alpha=alpha)
+    smap, _ = estimate_noise_map(image.pixels, weights.estimator, tile=ESTIMATE_TILE, max_tiles=ESTIMATE_TILES, alpha=image.opacity())
     return smap
 
 

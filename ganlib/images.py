@@ -125,6 +125,13 @@ class ImageData:
             raise ValueError(f"pixels are {tuple(pixels.shape[-2:])} but the alpha channel is {self.alpha.shape}")
         return dataclasses.replace(self, pixels=pixels, notes=list(self.notes))
 
+    def opacity(self) -> torch.Tensor | None:
+        """The alpha channel as a float32 (1,1,H,W) opacity in [0, 1], or None without one."""
+        if self.alpha is None:
+            return None
+        scale = 65535.0 if self.alpha.dtype == np.uint16 else 255.0
+        return torch.from_numpy(self.alpha.astype(np.float32) / scale)[None, None]
+
     @property
     def size(self) -> tuple[int, int]:
         """(height, width)."""

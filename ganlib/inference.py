@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .impulse import EXTREME, MIN_FRACTION, impulse_fraction, impulse_mask, may_have_impulses, refine_sigma, remove_impulses, spread_tiles
 from .models import Generator, NoiseEstimator
 
 if TYPE_CHECKING:  # runtime imports stay lazy: hub and images are not needed to denoise tensors
@@ -123,9 +124,7 @@ def estimate_noise_map(image: torch.Tensor, estimator: NoiseEstimator, *, tile: 
     if x.shape[1] != want:
         x = x.expand(-1, want, -1, -1) if x.shape[1] == 1 else x.mean(dim=1, keepdim=True)
     tile = tile // 8 * 8
-    boxes = [(y, x0) for y in range(0, h, tile) for x0 in range(0, w, tile)]
-    if len(boxes) > max_tiles:
-        boxes = [boxes[round(i * (len(boxes) - 1) / (max_tiles - 1))] for i in range(max_tiles)] if max_tiles > 1 else boxes[len(boxes) // 2 : len(boxes) // 2 + 1]
+    boxes = spread_tiles(h, w, tile, max_tiles)
     param = next(estimator.parameters())
     levels, brightness = [], []
     for y, x0 in boxes:
@@ -138,7 +137,7 @@ def estimate_noise_map(image: torch.Tensor, estimator: NoiseEstimator, *, tile: 
         level = F.avg_pool2d(smap, 4).flatten()
         mean = F.avg_pool2d(crop.mean(1, keepdim=True), 4).flatten()
         flat = (F.max_pool2d(crop, 4) - (-F.max_pool2d(-crop, 4))).amax(1).flatten() <= 0
-        extreme = ((crop <= 0.5 / 255) | (crop >= 1 - 0.5 / 255)).float()
+        extreme = ((crop <= EXTREME) | (crop >= 1 - EXTREME)).float()
         saturated = F.avg_pool2d(extreme, 4).mean(1).flatten() >= 0.5
         keep = ~flat & ~saturated & torch.isfinite(level)
         if alpha is not None:
@@ -318,14 +317,18 @@ class Restored:
     impulse_fraction: float = 0.0
 
 
-IMPULSE_MIN_FRACTION = 0.002  # below this share of isolated extremes a photo is not treated for impulses
+IMPULSE_MIN_FRACTION = MIN_FRACTION  # below this share of isolated extremes a photo is not treated for impulses
 IMPULSE_DROP = 0.5  # ... and only when removing them leaves at most this share of the estimated noise
 
 
-def _impulse_sigma(fraction: float) -> float:
-    """Strength (0-255) at which the network refines the pixels the switching median replaced:
-    40 x the impulse share, at most 10 (chosen on held-back Sun80 training photos, amounts 0.01-0.5)."""
-    return min(40.0 * fraction, 10.0)
+def _as_map(sigma: float | torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """A noise level (0-255 number or (1,1,H,W) map) as a float32 (1,1,h,w) map; a number must be finite, >= 0."""
+    smap = torch.as_tensor(sigma, dtype=torch.float32)
+    if smap.dim() == 0:
+        if not torch.isfinite(smap) or smap < 0:
+            raise ValueError(f"sigma must be a finite number >= 0, got {float(smap)}")
+        smap = smap.view(1, 1, 1, 1).expand(1, 1, h, w)
+    return smap
 
 
 def restore(
@@ -353,14 +356,9 @@ def restore(
     noise); False = never. realism, tile, overlap, progress, precision, ensemble: as in `denoise`.
     Raises ValueError for a bad sigma or map shape.
     """
-    from .impulse import impulse_fraction, impulse_mask, remove_impulses
-
     pixels = image.pixels
     h, w = pixels.shape[-2:]
-    alpha = None
-    if image.alpha is not None:  # opacity in [0, 1]: transparent pixels say nothing about the noise
-        scale = 65535.0 if image.alpha.dtype == np.uint16 else 255.0
-        alpha = torch.from_numpy(image.alpha.astype(np.float32) / scale)[None, None]
+    alpha = image.opacity()  # transparent pixels say nothing about the noise
     model = weights.generator(realism)
     estimated = sigma is None
 
@@ -370,23 +368,20 @@ def restore(
         s = estimate_sigma(x)
         return torch.full((1, 1, h, w), s), s
 
-    mask, fraction, use_impulses = None, 0.0, False
-    if impulses or (impulses is None and impulse_fraction(pixels) >= IMPULSE_MIN_FRACTION):
+    mask, cleaned, fraction, use_impulses = None, None, 0.0, False
+    if impulses or (impulses is None and may_have_impulses(pixels) and impulse_fraction(pixels) >= IMPULSE_MIN_FRACTION):
         mask = impulse_mask(pixels)
         fraction = float(mask.float().mean())
         if impulses:
             use_impulses = bool(mask.any())
-        elif fraction >= IMPULSE_MIN_FRACTION:
-            before = blind(pixels)[1] if sigma is None else None
+        elif fraction >= IMPULSE_MIN_FRACTION and sigma is None:
+            before = blind(pixels)[1]
             cleaned = remove_impulses(pixels, mask)
-            after_map, after = blind(cleaned)
-            use_impulses = before is not None and after <= IMPULSE_DROP * before
+            use_impulses = blind(cleaned)[1] <= IMPULSE_DROP * before
     if use_impulses:
-        cleaned = remove_impulses(pixels, mask)
-        if sigma is None:
-            smap = torch.full((1, 1, h, w), _impulse_sigma(fraction))
-        else:
-            smap = torch.as_tensor(sigma, dtype=torch.float32).expand(1, 1, h, w) if torch.as_tensor(sigma).dim() == 0 else torch.as_tensor(sigma, dtype=torch.float32)
+        if cleaned is None:
+            cleaned = remove_impulses(pixels, mask)
+        smap = torch.full((1, 1, h, w), refine_sigma(fraction)) if sigma is None else _as_map(sigma, h, w)
         refined = denoise(model, cleaned, smap, tile=tile, overlap=overlap, progress=progress, precision=precision, ensemble=ensemble)
         if refined.shape[1] != cleaned.shape[1]:
             refined = refined.mean(1, keepdim=True) if cleaned.shape[1] == 1 else refined.expand_as(cleaned)
@@ -397,11 +392,7 @@ def restore(
         smap, summary = blind(pixels)
         log.info("estimated noise level: sigma = %.2f (map %.2f-%.2f)", summary, float(smap.min()), float(smap.max()))
     else:
-        smap = torch.as_tensor(sigma, dtype=torch.float32)
-        if smap.dim() == 0:
-            if not torch.isfinite(smap) or smap < 0:
-                raise ValueError(f"sigma must be a finite number >= 0, got {float(smap)}")
-            smap = smap.view(1, 1, 1, 1).expand(1, 1, h, w)
+        smap = _as_map(sigma, h, w)
         summary = float(smap.float().mean())
     result = denoise(model, pixels, smap, tile=tile, overlap=overlap, progress=progress, precision=precision, ensemble=ensemble)
     return Restored(image.with_pixels(result), smap, summary, estimated, False, fraction)

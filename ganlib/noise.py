@@ -171,10 +171,12 @@ def informed_noise_map(clean: torch.Tensor, kind: str, **params: float | None) -
     (1,1,H,W) for a (1,C,H,W) image. Passing it as `sigma` is informed (non-blind) denoising.
 
     For salt & pepper the impulses are removed first by a switching median (`ganlib.impulse`) and the
-    network only refines the pixels it replaced: the map is then the strength of that refinement,
-    40 x amount, at most 10 (chosen on held-back Sun80 training photos, amounts 0.01-0.5)."""
+    network only refines the pixels it replaced: the map is then the strength of that refinement
+    (`ganlib.impulse.refine_sigma` of the amount)."""
     if kind == "salt_pepper":
+        from .impulse import refine_sigma
+
         p = _params(kind, params)
         _check_image(clean)
-        return torch.full((*clean.shape[:-3], 1, *clean.shape[-2:]), min(40.0 * p["amount"], 10.0), dtype=torch.float32)
+        return torch.full((*clean.shape[:-3], 1, *clean.shape[-2:]), refine_sigma(p["amount"]), dtype=torch.float32)
     return noise_std_map(clean, kind, **params) * 255.0

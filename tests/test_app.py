@@ -352,10 +352,8 @@ def test_metrics_say_which_realism_ran(app, rgb_png):
     assert "realism 0.00 (fidelity)" in app._metrics_markdown(app.run(str(rgb_png), "gaussian", {"sigma": 25}, seed=0))
 
 
-@pytest.mark.parametrize("shape", [(1, 1), (1, 3000)])
-def test_flat_and_tiny_images_are_noise_free_and_unchanged(app, tmp_path, monkeypatch, shape):
-    """Defect: a clean 1x1 image was read as sigma 54 (colour changed), a flat 3000x1 strip as sigma 32.
-    With an estimator that reads 17 everywhere, a flat image with noise 'none' is still sigma 0 and unchanged."""
+def use_weights_reading_17(app, tmp_path, monkeypatch) -> Path:
+    """Tiny fidelity weights plus an estimator that reads sigma 17 everywhere, as the app's weights."""
     from ganlib.models import EstimatorConfig, NoiseEstimator
 
     folder = make_weights(tmp_path / "w", gan=False)
@@ -366,6 +364,14 @@ def test_flat_and_tiny_images_are_noise_free_and_unchanged(app, tmp_path, monkey
     est.save_pretrained(folder / "estimator")
     monkeypatch.setattr(app, "_weights", None)
     monkeypatch.setenv("GANLIB_WEIGHTS", str(folder))
+    return folder
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 3000)])
+def test_flat_and_tiny_images_are_noise_free_and_unchanged(app, tmp_path, monkeypatch, shape):
+    """Defect: a clean 1x1 image was read as sigma 54 (colour changed), a flat 3000x1 strip as sigma 32.
+    With an estimator that reads 17 everywhere, a flat image with noise 'none' is still sigma 0 and unchanged."""
+    use_weights_reading_17(app, tmp_path, monkeypatch)
     pixels = np.zeros((*shape, 3), np.uint8)
     pixels[...] = (200, 90, 31)
     src = write_png(tmp_path / "flat.png", pixels)
@@ -586,21 +592,13 @@ def test_network_time_is_split_from_the_estimate(app):
 def test_impulse_precheck_and_fast_estimate(app, rgb_png, tmp_path, monkeypatch):
     """Photo mode: without values at 0 or 1 there can be no impulses, so restore()'s whole-photo check is
     skipped and the map comes from the demo's smaller estimate; with many such values restore() checks."""
-    from ganlib.models import EstimatorConfig, NoiseEstimator
     from ganlib.noise import add_noise
 
     smooth = load_image(rgb_png).pixels
     peppered = add_noise(smooth, "salt_pepper", seed=0, amount=0.1)
     assert not app._may_have_impulses(smooth) and app._may_have_impulses(peppered)
     assert app._may_have_impulses(peppered, rows=7)  # the same in blocks of rows
-    folder = make_weights(tmp_path / "w", gan=False)
-    est = NoiseEstimator(EstimatorConfig(width=8))
-    with torch.no_grad():
-        est.out.weight.zero_()
-        est.out.bias.fill_(float(np.log(17 / 255 + NoiseEstimator.eps)))
-    est.save_pretrained(folder / "estimator")
-    monkeypatch.setattr(app, "_weights", None)
-    monkeypatch.setenv("GANLIB_WEIGHTS", str(folder))
+    use_weights_reading_17(app, tmp_path, monkeypatch)
     seen = []
     real = app.restore
     monkeypatch.setattr(app, "restore", lambda *a, **k: seen.append(k["impulses"]) or real(*a, **k))

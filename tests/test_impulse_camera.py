@@ -129,3 +129,18 @@ def test_blind_map_follows_brightness() -> None:
     left, right = float(smap[..., 10:20].mean()), float(smap[..., -20:-10].mean())
     assert right > 3 * left  # the noise-level function rises with brightness as the estimator says
     assert abs(float(smap.mean()) - sigma) < 0.1 * sigma
+
+
+def test_spread_tiles_and_the_extremes_precheck() -> None:
+    from ganlib.impulse import may_have_impulses, refine_sigma, spread_tiles
+
+    assert spread_tiles(100, 100, 64, 8) == [(0, 0), (0, 64), (64, 0), (64, 64)]  # all fit
+    many = spread_tiles(1000, 1000, 100, 5)
+    assert len(many) == 5 and many[0] == (0, 0) and many[-1] == (900, 900)
+    assert spread_tiles(1000, 1000, 100, 1) == [(500, 0)]  # the middle one
+    clean = textured()
+    noisy = add_noise(clean, "salt_pepper", seed=0, amount=0.01, quantize=True)
+    assert not may_have_impulses(clean) and may_have_impulses(noisy) and may_have_impulses(noisy, rows=7)
+    assert not may_have_impulses(noisy, min_fraction=0.02)
+    assert refine_sigma(0.05) == pytest.approx(2.0) and refine_sigma(0.5) == 10.0
+    assert float(informed_noise_map(clean, "salt_pepper", amount=0.05).mean()) == pytest.approx(refine_sigma(0.05))

@@ -1040,17 +1040,14 @@ def gray_markdown(records: list[dict]) -> str:
 
 
 def real_pairs(folder: str | Path, limit: int | None) -> list[tuple[str, Path, Path]]:
-    """(name, noisy, ground truth) for each `NAME_real.*` beside a `NAME_mean.*` in `folder`, sorted by name."""
-    from .data import IMAGE_SUFFIXES
+    """(name, noisy, ground truth) for each `NAME_real.*` beside a `NAME_mean.*` in `folder`, sorted by name
+    (`train.data.real_pairs`); the first `limit` of them."""
+    from .data import real_pairs as pairs_in
 
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise SystemExit(f"real-noise folder not found: {folder}")
-    files = {p.stem: p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
-    pairs = [(stem[: -len("_real")], p, files[stem[: -len("_real")] + "_mean"]) for stem, p in sorted(files.items())
-             if stem.endswith("_real") and stem[: -len("_real")] + "_mean" in files]
-    if not pairs:
-        raise SystemExit(f"no NAME_real / NAME_mean image pairs in {folder}")
+    try:
+        pairs = pairs_in(folder)
+    except (FileNotFoundError, ValueError) as err:
+        raise SystemExit(str(err)) from None
     return pairs[:limit] if limit else pairs
 
 

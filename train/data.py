@@ -219,6 +219,20 @@ class CropDataset(torch.utils.data.Dataset):
         return sample_noise(crop, self.noise, g)
 
 
+def real_pairs(folder: str | Path) -> list[tuple[str, Path, Path]]:
+    """(name, noisy, ground truth) for each `NAME_real.*` beside a `NAME_mean.*` in `folder` (a real-noise
+    set such as CC15), sorted by name. Raises FileNotFoundError / ValueError when there is none."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"real-noise folder not found: {folder}")
+    files = {p.stem: p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
+    pairs = [(stem[: -len("_real")], p, files[stem[: -len("_real")] + "_mean"]) for stem, p in sorted(files.items())
+             if stem.endswith("_real") and stem[: -len("_real")] + "_mean" in files]
+    if not pairs:
+        raise ValueError(f"no NAME_real / NAME_mean image pairs in {folder}")
+    return pairs
+
+
 def load_validation(paths: list[Path], max_side: int | None = None) -> list[torch.Tensor]:
     """Validation images as (1,C,H,W) tensors, optionally centre-cropped to max_side."""
     out = []

@@ -36,7 +36,7 @@ from ganlib.models import Discriminator, DiscriminatorConfig, EstimatorConfig, G
 from ganlib.noise import add_noise, noise_std_map
 
 from .checkpoint import load_state, save_state
-from .data import CropDataset, NoiseConfig, list_folders, list_images, load_validation, split
+from .data import CropDataset, NoiseConfig, list_folders, list_images, load_validation, real_pairs, split
 
 log = logging.getLogger("train")
 STAGES = ("fidelity", "gan", "estimator")
@@ -182,17 +182,10 @@ def gan_losses(kind: str, real: torch.Tensor, fake: torch.Tensor) -> tuple[torch
 
 
 def load_real_pairs(folder: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """(noisy, ground truth) pairs of a real-noise folder: each `*_real.png` beside its `*_mean.png`."""
+    """(noisy, ground truth) images of a real-noise folder: each `NAME_real.*` beside its `NAME_mean.*`."""
     from ganlib.images import load_image
 
-    pairs = []
-    for noisy_path in sorted(Path(folder).glob("*_real.png")):
-        mean_path = noisy_path.with_name(noisy_path.name.replace("_real.png", "_mean.png"))
-        if mean_path.exists():
-            pairs.append((load_image(noisy_path).pixels, load_image(mean_path).pixels))
-    if not pairs:
-        raise ValueError(f"no *_real.png / *_mean.png pairs in {folder}")
-    return pairs
+    return [(load_image(noisy).pixels, load_image(mean).pixels) for _, noisy, mean in real_pairs(folder)]
 
 
 def validate_real(model: Generator, pairs: list[tuple[torch.Tensor, torch.Tensor]], estimator: NoiseEstimator | None) -> dict[str, float]:
@@ -404,7 +397,7 @@ def _run(cfg: TrainConfig, resume: bool) -> Path:
     else:
         train_paths, val_paths = split(paths, cfg.val_count, cfg.seed)
     val_images = load_validation(val_paths, cfg.val_max_side or None)
-    real_pairs = load_real_pairs(cfg.val_real) if cfg.val_real and cfg.stage != "estimator" else None
+    real_val = load_real_pairs(cfg.val_real) if cfg.val_real and cfg.stage != "estimator" else None
     val_estimator = NoiseEstimator.from_pretrained(cfg.val_estimator).eval() if cfg.val_estimator else None
     dataset = CropDataset(train_paths, cfg.crop, cfg.noise, cfg.seed)
 
@@ -525,8 +518,8 @@ def _run(cfg: TrainConfig, resume: bool) -> Path:
             log_file.flush()
         if main and (step % cfg.val_every == 0 or step == cfg.max_steps):
             metrics = run_validation(cfg, ema, val_images)
-            if real_pairs:
-                metrics.update(validate_real(ema, real_pairs, val_estimator))
+            if real_val:
+                metrics.update(validate_real(ema, real_val, val_estimator))
             if disc is not None:
                 metrics["d_accuracy"] = discriminator_accuracy(disc, ema, val_images, cfg.val_sigmas[len(cfg.val_sigmas) // 2], 10_000,
                                                                relativistic=cfg.gan_loss == "relativistic")
