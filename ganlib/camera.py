@@ -13,7 +13,13 @@ demosaicing and JPEG steps of Guo et al. 2019 (CBDNet) and Zhang et al. 2021 (BS
    + N(0, 0.26): shot and read are drawn jointly, as real sensors have them;
 5. demosaicing with OpenCV's edge-aware demosaicer (spatially correlated noise);
 6. white balance, colour correction (correlated noise across channels), gamma and tone curve;
-7. 8-bit quantisation and, with some probability, JPEG at a random quality (60-95).
+7. in-camera noise reduction and sharpening, modelled on what they do to the noise: the noise (the
+   difference to the noise-free rendering) is Gaussian-blurred in luma and, more strongly, in chroma
+   (an ideal edge-aware filter, which leaves the signal alone), then unsharp-masked. This is what
+   turns the noise of camera JPEGs into the blotches of a few pixels seen in real high-ISO photos
+   (the spatially correlated, low-frequency noise that Zhou et al. 2020, "When AWGN-based denoiser
+   meets real noises", break up by pixel-shuffle downsampling);
+8. 8-bit quantisation and, with some probability, JPEG at a random quality (60-95).
 
 All of it is pure and seeded: `sample_camera_params(generator)` draws one camera, `simulate_camera`
 applies it with an explicit generator. Images are float32 (C,H,W) or (1,C,H,W), 3 channels, in [0, 1].
@@ -50,7 +56,9 @@ class CameraParams:
 
     shot, read: the sensor noise variance is shot * x + read for linear raw values x in [0, 1].
     rgb2cam: 3x3 colour matrix (rows sum to 1); red_gain, blue_gain, rgb_gain: white-balance and
-    brightness gains; quality: JPEG quality 1-100, or None for a lossless (PNG) camera output.
+    brightness gains; quality: JPEG quality 1-100, or None for a lossless (PNG) camera output;
+    nr_luma, nr_chroma: std in pixels of the in-camera noise reduction's Gaussian blur of the noise's
+    luma and chroma (0 = none); sharpen: the in-camera unsharp-mask amount (0 = none, radius 1 px).
     """
 
     shot: float
@@ -60,6 +68,9 @@ class CameraParams:
     blue_gain: float
     rgb_gain: float
     quality: int | None = None
+    nr_luma: float = 0.0
+    nr_chroma: float = 0.0
+    sharpen: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -70,8 +81,10 @@ def _u(g: torch.Generator, lo: float, hi: float) -> float:
 
 
 def sample_camera_params(generator: torch.Generator, *, jpeg_prob: float = 0.5,
-                         shot_range: tuple[float, float] = (1e-4, 1.2e-2)) -> CameraParams:
-    """Draw a camera (colour matrix, gains), an ISO (shot and read noise jointly) and a JPEG quality."""
+                         shot_range: tuple[float, float] = (1e-4, 1.2e-2), nr_prob: float = 0.0) -> CameraParams:
+    """Draw a camera (colour matrix, gains), an ISO (shot and read noise jointly) and a JPEG quality;
+    with probability `nr_prob` also in-camera noise reduction (luma blur std 0-2 px, chroma 0.5-3.5 px)
+    and sharpening (amount 0-0.6)."""
     g = generator
     w = torch.rand(4, generator=g).double().numpy() + 1e-8
     xyz2cam = np.tensordot(w / w.sum(), _XYZ2CAMS, axes=1)
@@ -82,7 +95,10 @@ def sample_camera_params(generator: torch.Generator, *, jpeg_prob: float = 0.5,
     rgb_gain = 1.0 / (0.8 + 0.1 * float(torch.randn((), generator=g)))
     red, blue = _u(g, 1.9, 2.4), _u(g, 1.5, 1.9)
     quality = int(round(_u(g, 60, 95))) if float(torch.rand((), generator=g)) < jpeg_prob else None
-    return CameraParams(float(np.exp(log_shot)), float(np.exp(log_read)), rgb2cam.tolist(), red, blue, max(rgb_gain, 0.5), quality)
+    params = CameraParams(float(np.exp(log_shot)), float(np.exp(log_read)), rgb2cam.tolist(), red, blue, max(rgb_gain, 0.5), quality)
+    if nr_prob > 0 and float(torch.rand((), generator=g)) < nr_prob:  # drawn last: the fields above keep their draws
+        params.nr_luma, params.nr_chroma, params.sharpen = _u(g, 0.0, 2.0), _u(g, 0.5, 3.5), _u(g, 0.0, 0.6)
+    return params
 
 
 def _check(image: torch.Tensor) -> torch.Tensor:
@@ -139,10 +155,32 @@ def _pad_even(x: np.ndarray) -> tuple[np.ndarray, int, int]:
     return np.pad(x, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge"), h, w
 
 
-def _render(raw_clean: np.ndarray, p: CameraParams, g: torch.Generator, h: int, w: int) -> np.ndarray:
+_RGB2YCC = np.array([[0.299, 0.587, 0.114], [-0.299, -0.587, 0.886], [0.701, -0.587, -0.114]])  # Y, B-Y, R-Y
+
+
+def _in_camera(noise: np.ndarray, p: CameraParams) -> np.ndarray:
+    """HxWx3 sRGB noise -> the same after in-camera noise reduction (luma/chroma blur) and sharpening."""
+    import cv2
+
+    if p.nr_luma <= 0 and p.nr_chroma <= 0 and p.sharpen <= 0:
+        return noise
+    ycc = noise @ _RGB2YCC.T
+    for c, std in ((0, p.nr_luma), (1, p.nr_chroma), (2, p.nr_chroma)):
+        if std > 0:
+            ycc[..., c] = cv2.GaussianBlur(np.ascontiguousarray(ycc[..., c]), (0, 0), std, borderType=cv2.BORDER_REFLECT)
+    out = ycc @ np.linalg.inv(_RGB2YCC).T
+    if p.sharpen > 0:
+        out = (1 + p.sharpen) * out - p.sharpen * cv2.GaussianBlur(out, (0, 0), 1.0, borderType=cv2.BORDER_REFLECT)
+    return out
+
+
+def _render(raw_clean: np.ndarray, ref: np.ndarray, p: CameraParams, g: torch.Generator, h: int, w: int) -> np.ndarray:
+    """One noisy 8-bit HxWx3 shot of `raw_clean` (padded mosaic); `ref` is its noise-free rendering."""
     noise = torch.randn(raw_clean.shape, generator=g, dtype=torch.float64).numpy()
     raw = raw_clean + noise * np.sqrt(np.maximum(raw_clean * p.shot + p.read, 0))
-    out = (_process(raw, p)[:h, :w] * 255 + 0.5).astype(np.uint8)
+    noisy = _process(raw, p)[:h, :w]
+    noisy = ref + _in_camera(noisy - ref, p)
+    out = (np.clip(noisy, 0, 1) * 255 + 0.5).astype(np.uint8)
     if p.quality is not None:
         out = _jpeg(out, p.quality)
     return out
@@ -165,8 +203,9 @@ def simulate_camera(image: torch.Tensor, params: CameraParams, *, seed: int | No
     x = _check(image)
     rgb, h, w = _pad_even(x.permute(1, 2, 0).double().numpy())
     raw_clean = _unprocess(rgb, params)
-    out = _render(raw_clean, params, generator, h, w)
-    ref = _process(raw_clean, params)[:h, :w].astype(np.float32)
+    ref = _process(raw_clean, params)[:h, :w]
+    out = _render(raw_clean, ref, params, generator, h, w)
+    ref = ref.astype(np.float32)
 
     def back(a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1).reshape(image.shape).contiguous()
@@ -190,7 +229,7 @@ def camera_noise_std_map(image: torch.Tensor, params: CameraParams, *, seed: int
     g = torch.Generator().manual_seed(int(seed) + 7919)
     sq = np.zeros((h, w))
     for _ in range(draws):
-        out = _render(raw_clean, params, g, h, w).astype(np.float64) / 255
+        out = _render(raw_clean, ref, params, g, h, w).astype(np.float64) / 255
         sq += ((out - ref) ** 2).mean(axis=-1)
     smap = torch.from_numpy(np.sqrt(sq / draws)).float()[None, None]
     if smooth > 0:

@@ -1,5 +1,7 @@
 """Impulse removal (switching median), the camera pipeline, informed maps and the blind noise-level map."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -81,6 +83,31 @@ def test_camera_pipeline_is_seeded_and_its_map_measures_the_noise() -> None:
         simulate_camera(clean, params)
     with pytest.raises(ValueError, match="RGB"):
         simulate_camera(clean[:, :1], params, seed=0)
+
+
+def test_in_camera_noise_reduction_makes_blotchy_noise_and_keeps_the_reference() -> None:
+    clean = textured(96, 96)
+    plain = sample_camera_params(torch.Generator().manual_seed(4), jpeg_prob=0.0)
+    assert (plain.nr_luma, plain.nr_chroma, plain.sharpen) == (0.0, 0.0, 0.0)
+    drawn = sample_camera_params(torch.Generator().manual_seed(4), jpeg_prob=0.0, nr_prob=1.0)
+    assert (drawn.shot, drawn.read, drawn.quality) == (plain.shot, plain.read, plain.quality)  # drawn after the rest
+    assert 0 <= drawn.nr_luma <= 2 and 0.5 <= drawn.nr_chroma <= 3.5 and 0 <= drawn.sharpen <= 0.6
+    plain.shot, plain.read = 4e-3, 1e-5  # a visible noise level on a mid-gray photo
+    nr = dataclasses.replace(plain, nr_luma=1.5, nr_chroma=3.0)
+    a, ref = simulate_camera(clean, plain, seed=1)
+    b, ref_nr = simulate_camera(clean, nr, seed=1)
+    assert torch.equal(ref, ref_nr)  # the filter acts on the noise, not on the noise-free rendering
+
+    def coarse_share(n: torch.Tensor) -> float:  # how much of the noise survives 4x4 averaging (white: 1/4)
+        return float(torch.nn.functional.avg_pool2d(n, 4).std() / n.std())
+
+    assert coarse_share(a - ref) < 0.6 < 0.8 < coarse_share(b - ref)  # demosaicing alone correlates a little
+    assert float((b - ref).std()) < float((a - ref).std())  # blurring lowers the per-pixel level ...
+    smap_nr = camera_noise_std_map(clean, nr, seed=0, draws=8)  # ... and the map measures it
+    measured = float((b - ref).pow(2).mean().sqrt())
+    assert abs(float(smap_nr.pow(2).mean().sqrt()) - measured) < 0.15 * measured
+    with pytest.raises(ValueError, match="seed"):
+        simulate_camera(clean, nr)
 
 
 def test_shot_and_read_noise_are_drawn_jointly() -> None:

@@ -46,6 +46,7 @@ class NoiseConfig:
     # tone curve, JPEG); the target is that camera's noise-free rendering.
     real_jpeg_prob: float = 0.5
     real_shot: tuple[float, float] = (1e-4, 1.2e-2)  # shot-noise range (Brooks et al. 2019)
+    real_nr_prob: float = 0.0  # share of "real" samples with in-camera noise reduction + sharpening (blotchy noise)
     gray_prob: float = 0.0  # samples turned to gray (luma in all 3 channels) with channel-identical noise
     over_prob: float = 0.0  # samples whose noise-level map overstates the noise (x U(1, over_scale) + U(0, over_add))
     over_scale: float = 2.0
@@ -147,7 +148,7 @@ def sample_noise(clean: torch.Tensor, cfg: NoiseConfig, g: torch.Generator) -> t
     kinds, weights = zip(*cfg.mix.items())
     kind = kinds[int(torch.multinomial(torch.tensor(weights, dtype=torch.float), 1, generator=g))]
     if kind == "real":
-        params = sample_camera_params(g, jpeg_prob=cfg.real_jpeg_prob, shot_range=tuple(cfg.real_shot))
+        params = sample_camera_params(g, jpeg_prob=cfg.real_jpeg_prob, shot_range=tuple(cfg.real_shot), nr_prob=cfg.real_nr_prob)
         noisy, target = simulate_camera(clean, params, generator=g)
         smap = camera_noise_std_map(clean, params, seed=int(torch.randint(2**31, (), generator=g)), draws=3)
         return target, noisy, _overstate(smap, cfg, g)
