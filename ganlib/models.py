@@ -58,10 +58,15 @@ class DiscriminatorConfig:
 
 @dataclass
 class EstimatorConfig:
-    """Shape of the noise-level estimator (about 6.5k multiply-adds per pixel with the defaults)."""
+    """Shape of the noise-level estimator (about 6.5k multiply-adds per pixel with the defaults).
+
+    local_layers: 3x3 conv layers on 4x4 blocks; context_layers: layers at half that resolution
+    (each widens the view: camera noise blotches need more context than white noise)."""
 
     channels: int = 3
     width: int = 48
+    local_layers: int = 3
+    context_layers: int = 2
 
 
 class ResBlock(nn.Module):
@@ -194,8 +199,10 @@ class NoiseEstimator(
         def conv(a: int, b: int) -> nn.Module:
             return nn.Sequential(nn.Conv2d(a, b, 3, padding=1), nn.ReLU())
 
-        self.local = nn.Sequential(conv(c * 16, w), conv(w, w), conv(w, w))
-        self.context = nn.Sequential(conv(w, w), conv(w, w))
+        if config.local_layers < 1 or config.context_layers < 1:
+            raise ValueError(f"the estimator needs at least one local and one context layer, got {config}")
+        self.local = nn.Sequential(conv(c * 16, w), *[conv(w, w) for _ in range(config.local_layers - 1)])
+        self.context = nn.Sequential(*[conv(w, w) for _ in range(config.context_layers)])
         self.out = nn.Conv2d(2 * w, 1, 3, padding=1)
 
     def log_sigma(self, noisy: torch.Tensor) -> torch.Tensor:

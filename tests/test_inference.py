@@ -293,3 +293,29 @@ def test_restore_ignores_transparent_pixels_in_the_estimate():
     cutout = restore(weights, ImageData(pixels=canvas, alpha=alpha), impulses=False).sigma
     opaque = restore(weights, ImageData(pixels=canvas), impulses=False).sigma
     assert abs(cutout - alone) < 0.1 * alone < abs(opaque - alone)
+
+
+@pytest.mark.parametrize("h,w", [(64, 80), (67, 93)])
+def test_pixel_shuffle_stride_denoises_each_sub_image_and_interleaves_them(h, w):
+    model = tiny()
+    weights = Weights(fidelity=model, source="mem", estimator=None)  # the wavelet estimate, per sub-image
+    noisy = add_noise(smooth(h, w), "gaussian", sigma=15, seed=1)
+    res = restore(weights, ImageData(pixels=noisy), stride=2, impulses=False)
+    assert res.image.pixels.shape == noisy.shape and res.noise_map.shape == (1, 1, h, w) and res.estimated
+    padded = torch.nn.functional.pad(noisy, (0, w % 2, 0, h % 2), mode="replicate")
+    for i in range(2):
+        for j in range(2):
+            sub = padded[..., i::2, j::2]
+            sigma = estimate_sigma(sub)
+            expected = denoise(model, sub, sigma)[..., : (h - i + 1) // 2, : (w - j + 1) // 2]
+            assert torch.allclose(res.image.pixels[..., i::2, j::2], expected, atol=1e-5)
+            assert float(res.noise_map[..., i::2, j::2].mean()) == pytest.approx(sigma, rel=1e-4)
+    # a given strength is used as it is, at every sub-image
+    given = restore(weights, ImageData(pixels=noisy), sigma=20.0, stride=2, impulses=False)
+    assert not given.estimated and given.sigma == pytest.approx(20.0) and torch.all(given.noise_map == 20.0)
+    assert torch.allclose(given.image.pixels[..., 0::2, 0::2], denoise(model, padded[..., 0::2, 0::2], 20.0)[..., : (h + 1) // 2, : (w + 1) // 2], atol=1e-5)
+    # stride 1 is the plain path
+    assert torch.equal(restore(weights, ImageData(pixels=noisy), sigma=20.0, stride=1).image.pixels, denoise(model, noisy, 20.0))
+    for bad in (0, 5, 1.5, True):
+        with pytest.raises(ValueError, match="stride"):
+            restore(weights, ImageData(pixels=noisy), stride=bad)

@@ -156,3 +156,24 @@ def test_discriminator_can_judge_the_amplified_method_noise():
     patch = Discriminator(DiscriminatorConfig(channels=3, width=8, layers=2, residual_gain=4.0, spectral_norm=False)).eval()
     assert not any(nn.utils.parametrize.is_parametrized(m, "weight") for m in patch.modules() if isinstance(m, nn.Conv2d))
     assert patch(noisy, noisy).shape == patch(noisy, cand).shape
+
+
+def test_estimator_depth_widens_its_view_and_defaults_keep_the_shipped_shape():
+    from ganlib.models import EstimatorConfig, NoiseEstimator
+
+    default = NoiseEstimator()
+    assert len(default.local) == 3 and len(default.context) == 2  # what the shipped weights were saved with
+    deep = NoiseEstimator(EstimatorConfig(width=8, local_layers=5, context_layers=4)).eval()
+
+    def reach(model) -> int:  # how far (pixels) a change at the centre moves the output
+        x = torch.full((1, 3, 256, 256), 0.5)
+        y = x.clone()
+        y[..., 128:132, 128:132] = 0.9
+        with torch.no_grad():
+            diff = (model(y) - model(x)).abs()[0, 0, 130]
+        cols = torch.nonzero(diff > 1e-7).flatten()
+        return int(cols.max() - cols.min())
+
+    assert reach(deep) > reach(NoiseEstimator(EstimatorConfig(width=8)).eval()) + 16
+    with pytest.raises(ValueError, match="at least one"):
+        NoiseEstimator(EstimatorConfig(local_layers=0))

@@ -499,7 +499,7 @@ def test_estimator_stage_learns_exports_and_loads_beside_the_generator(workspace
     losses = [float(r["loss_pix"]) for r in rows if r["loss_pix"]]
     assert len(losses) == 40 and sum(losses[-10:]) < 0.7 * sum(losses[:10])  # it learns
     metrics = json.loads((out / "final" / "metrics.json").read_text())
-    assert set(metrics) == {"err15", "err25", "err50", "err_clean", "err_camera", "err_camera_jpeg"}
+    assert set(metrics) == {"err15", "err25", "err50", "err_clean", "err_camera", "err_camera_jpeg", "err_real"}
     assert all(math.isfinite(v) and v >= 0 for v in metrics.values())
     assert "estimates the noise level" in (out / "final" / "README.md").read_text()
     assert not (out / "val").exists()  # no image grid for the estimator

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from ganlib.camera import camera_noise_std_map, sample_camera_params, simulate_camera
 from ganlib.images import to_pil
 from ganlib.inference import denoise, estimate_sigma
 from ganlib.metrics import psnr, ssim
@@ -246,12 +247,22 @@ ESTIMATOR_CASES = {
     "camera": ("camera", {"peak": 30.0, "sigma": 4.0}),
     "camera_jpeg": ("camera", {"peak": 30.0, "sigma": 4.0, "quality": 80}),
 }
+REAL_CASES = 3  # camera pipelines (ganlib.camera, in-camera noise reduction included) per validation image
+
+
+def _real_case(clean: torch.Tensor, seed: int) -> tuple[torch.Tensor, float]:
+    """(noisy, true level 0-255) of one seeded camera-pipeline shot at a low to mid ISO (real photos' range)."""
+    g = torch.Generator().manual_seed(seed)
+    params = sample_camera_params(g, jpeg_prob=0.5, shot_range=(2e-4, 3e-3), nr_prob=0.7)
+    noisy, _ = simulate_camera(clean, params, generator=g)
+    return noisy, float(camera_noise_std_map(clean, params, seed=seed, draws=4).mean()) * 255
 
 
 def validate_estimator(model: NoiseEstimator, images: list[torch.Tensor], sigmas: list[float], seed: int) -> dict[str, float]:
     """Mean absolute error (0-255 scale) of the estimated noise level: Gaussian noise at each sigma and
-    camera noise without and with JPEG, all clipped and rounded to 8 bits. The truth is the mean of the
-    noise-level map that the generator is conditioned on."""
+    camera noise without and with JPEG, all clipped and rounded to 8 bits, and (err_real) the camera
+    pipeline of `ganlib.camera` at low to mid ISO. The truth is the mean of the noise-level map that
+    the generator is conditioned on."""
     model.eval()
     cases = [("gaussian", {"sigma": s}, f"err{s:g}") for s in sigmas]
     cases += [(kind, params, f"err_{name}") for name, (kind, params) in ESTIMATOR_CASES.items()]
@@ -263,6 +274,13 @@ def validate_estimator(model: NoiseEstimator, images: list[torch.Tensor], sigmas
             truth = float(noise_std_map(clean, kind, **params).mean()) * 255
             errs.append(abs(estimate_sigma(noisy, model) - truth))
         out[name] = sum(errs) / len(errs)
+    errs = []  # the camera pipeline's colour noise (RGB images only)
+    for i, clean in enumerate(img for img in images if img.shape[1] == 3):
+        for k in range(REAL_CASES):
+            noisy, truth = _real_case(clean, seed + 100 * i + k)
+            errs.append(abs(estimate_sigma(noisy, model) - truth))
+    if errs:
+        out["err_real"] = sum(errs) / len(errs)
     model.train()
     return out
 
