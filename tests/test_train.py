@@ -244,7 +244,7 @@ def test_every_parameter_gets_a_gradient(tmp_path: Path, stage: str) -> None:
     torch.manual_seed(0)
     extra = {}
     if stage == "gan-unet":
-        stage, extra = "gan", {"fm_weight": 1.0, "gan_loss": "nonsaturating", "adv_warmup": 10,
+        stage, extra = "gan", {"fm_weight": 1.0, "gan_loss": "nonsaturating", "adv_warmup": 10, "lowpass_weight": 5.0,
                                "discriminator": {**TINY.get("discriminator", {}), "kind": "unet"}}
     cfg = trainer._coerce(trainer.TrainConfig, {**TINY, "stage": stage, "ssim_weight": 0.5, **extra})
     paths = list_images(make_photos(tmp_path, n=2), min_size=32)
@@ -272,6 +272,16 @@ def test_every_parameter_gets_a_gradient(tmp_path: Path, stage: str) -> None:
             # (the last bias may get an exact 0: with every logit inside the hinge margin its
             # gradients from real and fake pairs cancel)
             assert name in ("net.6.bias", "head.2.bias") or p.grad.abs().sum() > 0, f"discriminator parameter {name} got a zero gradient"
+
+
+def test_lowpass_loss_sees_colour_shifts_not_texture() -> None:
+    clean = torch.rand(2, 3, 32, 40, generator=torch.Generator().manual_seed(0))
+    checker = (torch.arange(32)[:, None] + torch.arange(40)[None, :]) % 2 * 2 - 1.0  # +-1, mean 0 on each 8x8 block
+    textured = clean + 0.2 * checker
+    assert trainer.lowpass_loss(textured, clean) < 1e-6 < 0.1 < float(torch.nn.functional.l1_loss(textured, clean))
+    shifted = clean.clone()
+    shifted[:, 0] += 4 / 255  # a red cast of 4 levels
+    assert trainer.lowpass_loss(shifted, clean) == pytest.approx(4 / 255 / 3, rel=1e-4)
 
 
 def test_gan_loss_kinds() -> None:

@@ -76,6 +76,9 @@ class TrainConfig:
     gan_loss: str = "hinge"  # hinge | relativistic | nonsaturating
     fm_weight: float = 0.0  # feature-matching loss (L1 between discriminator features of real and fake)
     pixel_weight: float = 1.0  # weight of the L1 (+ SSIM) pixel loss
+    # L1 between 8x8 block means of output and target: the GAN may add texture, not move tone or colour
+    # (frequency separation, after Fritsche et al. 2019, "Frequency Separation for Real-World Super-Resolution")
+    lowpass_weight: float = 0.0
     # bookkeeping
     workers: int = 0
     log_every: int = 50
@@ -319,6 +322,12 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
             e.lerp_(p.detach().float(), 1 - decay)
 
 
+def lowpass_loss(fake: torch.Tensor, clean: torch.Tensor, block: int = 8) -> torch.Tensor:
+    """L1 between the block means of two (N,C,H,W) images: blind to texture that averages out within a
+    block, sensitive to any shift of tone or colour (the GAN stage's `lowpass_weight`)."""
+    return F.l1_loss(F.avg_pool2d(fake, block, ceil_mode=True), F.avg_pool2d(clean, block, ceil_mode=True))
+
+
 def train_step(
     cfg: TrainConfig,
     generator: torch.nn.Module,
@@ -365,6 +374,8 @@ def train_step(
             plain.requires_grad_(True)
         ramp = min(1.0, (step + 1) / cfg.adv_warmup) if cfg.adv_warmup else 1.0
         loss = cfg.pixel_weight * loss_pix + ramp * (cfg.adv_weight * loss_adv + cfg.fm_weight * loss_fm)
+        if cfg.lowpass_weight:
+            loss = loss + cfg.lowpass_weight * lowpass_loss(fake, clean)
     if not torch.isfinite(loss):
         raise FloatingPointError(f"loss became {loss.item()} at step {step}")
     opt_g.zero_grad(set_to_none=True)
