@@ -876,12 +876,14 @@ def timed(fn, *args, **kwargs):
     return out, time.perf_counter() - t
 
 
-def ours(weights, noisy: torch.Tensor, sigma=None, impulses: bool | None = None, realism: float = 0.0, precision: str = "auto"):
+def ours(weights, noisy: torch.Tensor, sigma=None, impulses: bool | None = None, realism: float = 0.0, precision: str = "auto",
+         stride: int = 1):
     """Our denoiser as the demo and the CLI call it (`ganlib.inference.restore`); returns (Restored, seconds)."""
     from ganlib.images import ImageData
     from ganlib.inference import restore
 
-    return timed(restore, weights, ImageData(pixels=noisy), sigma=sigma, impulses=impulses, realism=realism, precision=precision)
+    return timed(restore, weights, ImageData(pixels=noisy), sigma=sigma, impulses=impulses, realism=realism, precision=precision,
+                 stride=stride)
 
 
 def same_images(peer: dict, others: dict[str, Scores]) -> dict:
@@ -1052,16 +1054,17 @@ def real_pairs(folder: str | Path, limit: int | None) -> list[tuple[str, Path, P
 
 
 def run_real(folder: str, limit: int | None, peer_limit: int | None, weights, precision: str, realisms: list[float]) -> dict:
-    """Real noisy photos against their ground truth (the mean of many shots): ours automatic, NLM with
-    the best h per image (an oracle), CBM3D at the wavelet estimate of sigma (first `peer_limit`
-    images), and ours at each realism of `realisms` (automatic strength)."""
+    """Real noisy photos against their ground truth (the mean of many shots): ours automatic, ours
+    automatic with pixel-shuffle stride 2 (`restore(stride=2)`, the camera-photo mode), NLM with the best
+    h per image (an oracle), CBM3D at the wavelet estimate of sigma (first `peer_limit` images), and
+    ours at each realism of `realisms` (automatic strength)."""
     pairs = real_pairs(folder, limit)
     n_peer = len(pairs) if peer_limit is None else min(peer_limit, len(pairs))
     sweep = [a for a in dict.fromkeys(realisms) if a != 0.0]
     if sweep and weights.gan is None:
         log.warning("realism sweep left out: %s has no GAN weights", weights.source)
         sweep = []
-    cells = {"noisy": Scores(), "ours_auto": Scores(), "nlm_oracle": Scores(), "cbm3d": Scores(),
+    cells = {"noisy": Scores(), "ours_auto": Scores(), "ours_stride2": Scores(), "nlm_oracle": Scores(), "cbm3d": Scores(),
              **{f"ours@{a:g}": Scores() for a in sweep}}
     names = []
     for i, (name, noisy_path, clean_path) in enumerate(tqdm(pairs, desc="real noise", dynamic_ncols=True, leave=False)):
@@ -1072,6 +1075,8 @@ def run_real(folder: str, limit: int | None, peer_limit: int | None, weights, pr
         cells["noisy"].add(noisy, clean)
         res, sec = ours(weights, noisy, precision=precision)
         cells["ours_auto"].add(res.image.pixels, clean, sec, sigma=round(res.sigma, 3))
+        res, sec = ours(weights, noisy, precision=precision, stride=2)
+        cells["ours_stride2"].add(res.image.pixels, clean, sec, sigma=round(res.sigma, 3))
         (out, h), sec = timed(nlm_oracle, noisy, clean, list(NLM_REAL_H))
         cells["nlm_oracle"].add(out, clean, sec, h=h)
         if i < n_peer:
@@ -1096,8 +1101,9 @@ def real_markdown(result: dict) -> str:
     sweep = [k for k in result if k.startswith("ours@")]
     n = len(result["images"])
     lines = [f"**{result['set']}** ({n} real noisy photos against the mean image): PSNR dB / SSIM", "",
-             "| image | noisy | ours, automatic (sigma) | NLM, best h (oracle) | CBM3D (wavelet sigma) | " + " | ".join(sweep) + (" |" if sweep else ""),
-             "|---|---|---|---|---|" + "---|" * len(sweep)]
+             "| image | noisy | ours, automatic (sigma) | ours, stride 2 (sigma) | NLM, best h (oracle) | CBM3D (wavelet sigma) | "
+             + " | ".join(sweep) + (" |" if sweep else ""),
+             "|---|---|---|---|---|---|" + "---|" * len(sweep)]
 
     def one(summary: dict, i: int, extra: str | None = None) -> str:
         if i >= summary["images"]:
@@ -1106,13 +1112,13 @@ def real_markdown(result: dict) -> str:
         return text + (f" ({summary[extra + '_per_image'][i]:g})" if extra else "")
 
     for i, name in enumerate(result["images"]):
-        cells = [one(result["noisy"], i), one(result["ours_auto"], i, "sigma"), one(result["nlm_oracle"], i, "h"),
+        cells = [one(result["noisy"], i), one(result["ours_auto"], i, "sigma"), one(result["ours_stride2"], i, "sigma"), one(result["nlm_oracle"], i, "h"),
                  one(result["cbm3d"], i, "sigma"), *(one(result[k], i) for k in sweep)]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    means = [_cell(result["noisy"]), _cell(result["ours_auto"]), _cell(result["nlm_oracle"]), _cell(result["cbm3d"], n),
+    means = [_cell(result["noisy"]), _cell(result["ours_auto"]), _cell(result["ours_stride2"]), _cell(result["nlm_oracle"]), _cell(result["cbm3d"], n),
              *(_cell(result[k]) for k in sweep)]
     lines.append("| **mean** | " + " | ".join(means) + " |")
-    names = {"ours_auto": "ours automatic", "nlm_oracle": "NLM oracle (all h values)", "cbm3d": "CBM3D", **{k: k for k in sweep}}
+    names = {"ours_auto": "ours automatic", "ours_stride2": "ours stride 2", "nlm_oracle": "NLM oracle (all h values)", "cbm3d": "CBM3D", **{k: k for k in sweep}}
     secs = {names[k]: result[k]["seconds_per_image"] for k in names if result[k]["images"]}
     grid = ", ".join(f"{h:g}" for h in NLM_REAL_H)
     lines += ["", "seconds per image: " + ", ".join(f"{k} {v:.3g}" for k, v in secs.items()),
