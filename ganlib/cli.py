@@ -69,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default="auto",  # = inference.PRECISIONS; torch stays unimported here
                    help="auto (default): bfloat16 where the CPU/GPU runs it natively (about 2.5x faster, -0.01 dB), else float32")
     d.add_argument("--ensemble", action="store_true", help="average the 8 flips/rotations: 8x the time for about +0.2 dB")
+    d.add_argument("--stride", type=int, choices=(1, 2, 3, 4), default=1, metavar="N",
+                   help="pixel-shuffle stride: 2 for the blotchy noise of camera and phone photos (default 1: fine-grained noise)")
     d.add_argument("--overwrite", action="store_true", help="replace existing outputs (inputs are never replaced)")
 
     n = sub.add_parser("noise", help="add synthetic noise to an image", description="Write a noisy copy of an image as PNG.")
@@ -221,7 +223,8 @@ def run_denoise(args: argparse.Namespace) -> int:
             image = load_image(path)
             for note in getattr(image, "notes", []):
                 log.warning("%s: %s", path, note)
-            result = denoise_image(weights, image, sigma=args.sigma, realism=args.realism, tile=args.tile or None, precision=args.precision, ensemble=args.ensemble)
+            result = denoise_image(weights, image, sigma=args.sigma, realism=args.realism, tile=args.tile or None, precision=args.precision, ensemble=args.ensemble,
+                                  stride=args.stride)
             save_image(result, out)
         except errors as e:
             _fail(failures, str(path), _message(e))

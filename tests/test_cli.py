@@ -234,3 +234,15 @@ def test_readme_commands_use_the_project_environment(title):
         assert not command.startswith(("python ", "python3 ", "pip ")), command
         if "-m ganlib" in command or "-m tests." in command:
             assert ".venv/bin/python -m" in command, command
+
+
+def test_stride_flag_is_the_pixel_shuffle_path(work, capsys):
+    weights = load_weights(work / "w")
+    image = load_image(work / "a.png")
+    assert main(["denoise", "a.png", "-o", "s2", "--weights", "w", "--stride", "2"]) == 0
+    expected = to_numpy(denoise_image(weights, image, precision="auto", stride=2).pixels)
+    assert np.array_equal(np.asarray(Image.open(work / "s2" / "a.png")), expected)
+    assert not np.array_equal(expected, to_numpy(denoise_image(weights, image, precision="auto").pixels))
+    with pytest.raises(SystemExit):
+        main(["denoise", "a.png", "-o", "s5", "--weights", "w", "--stride", "5"])
+    assert "--stride" in capsys.readouterr().err
