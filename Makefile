@@ -18,6 +18,7 @@ $(RUN_STAMP): requirements.txt | $(PY)
 
 $(DEV_STAMP): requirements.txt requirements-dev.txt | $(PY)
 	$(VENV)/bin/pip install -q -r requirements-dev.txt
+	$(VENV)/bin/pip install -q --no-deps pyiqa==0.1.16  # see requirements-dev.txt
 	touch $@ $(RUN_STAMP)
 
 # Debian's Chromium for the browser test (browser downloads are not reachable).
