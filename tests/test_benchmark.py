@@ -399,3 +399,14 @@ def test_realism_crops_and_brightness_check(setup: dict[str, Path], tmp_path: Pa
     bright = benchmark.brightness_check(str(setup["weights"]), strengths=(0, 50))
     assert [r["image"] for r in bright] == ["flat gray 128", "colour ramp", "astronaut (clean)"]
     assert all(r["0"] >= 0 and r["50"] >= 0 for r in bright)
+
+
+def test_piqe_column(setup: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    pytest.importorskip("pyiqa", reason="--piqe needs the optional package pyiqa (installed by make test)")
+    out = tmp_path / "results.json"
+    rc = benchmark.main(["--data", str(setup["data"]), "--sigmas", "25", "--methods", "ours", "--piqe", "--weights", str(setup["weights"]),
+                         "--threads", "1", "--same-process", "--output", str(out)])
+    assert rc == 0
+    (record,) = json.loads(out.read_text())["results"]
+    assert 0 <= record["piqe"] <= 100 and 0 <= record["piqe_clean"] <= 100 and record["piqe"] != record["piqe_clean"]
+    assert "PIQE @25 (clean " in capsys.readouterr().out

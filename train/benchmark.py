@@ -230,8 +230,9 @@ def make_noisy(clean: torch.Tensor, sigma: float, protocol: str, seed: int) -> t
 
 
 def run_method(method: str, sets: list[str], sigmas: list[float], protocols: list[str], limit: int | None,
-               weights: str | None, tile: int, threads: int, precision: str = "auto") -> list[dict]:
-    """All measurements of one method; meant to run in a fresh process (see `measure`)."""
+               weights: str | None, tile: int, threads: int, precision: str = "auto", piqe: bool = False) -> list[dict]:
+    """All measurements of one method; meant to run in a fresh process (see `measure`). piqe: also the
+    no-reference PIQE score of each result and of each clean image (`train.naturalness`; lower = better)."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if threads:
         torch.set_num_threads(threads)
@@ -239,16 +240,22 @@ def run_method(method: str, sets: list[str], sigmas: list[float], protocols: lis
 
         cv2.setNumThreads(threads)
     fn = make_method(method, weights, tile, precision)
+    if piqe:
+        from .naturalness import naturalness
     warm = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     fn(warm, 25.0)  # first-call costs (allocators, kernels) are not the method's speed
     can_reset = reset_peak()
     records = []
     for folder in sets:
         paths = list_set(folder, limit)
-        cells = {(p, s): {"psnr": [], "ssim": [], "detail": [], "seconds": 0.0, "pixels": 0, "peak": 0.0} for p in protocols for s in sigmas}
+        cells = {(p, s): {"psnr": [], "ssim": [], "detail": [], "piqe": [], "seconds": 0.0, "pixels": 0, "peak": 0.0}
+                 for p in protocols for s in sigmas}
+        clean_piqe = []
         bar = tqdm(total=len(paths) * len(cells), desc=f"{method} on {Path(folder).name}", dynamic_ncols=True, leave=False)
         for i, path in enumerate(paths):
             clean = load_rgb(path)
+            if piqe:
+                clean_piqe.append(naturalness(clean))
             for (protocol, sigma), cell in cells.items():
                 noisy = make_noisy(clean, sigma, protocol, seed=i)
                 base = rss_mb()
@@ -263,6 +270,8 @@ def run_method(method: str, sets: list[str], sigmas: list[float], protocols: lis
                 cell["psnr"].append(psnr(out, clean))
                 cell["ssim"].append(ssim(out, clean))
                 cell["detail"].append(detail_ratio(out, clean))
+                if piqe:
+                    cell["piqe"].append(naturalness(out))
                 bar.update(1)
         bar.close()
         for (protocol, sigma), cell in cells.items():
@@ -278,6 +287,7 @@ def run_method(method: str, sets: list[str], sigmas: list[float], protocols: lis
                 "detail": float(np.mean(cell["detail"])),
                 "sec_per_mp": cell["seconds"] / (cell["pixels"] / 1e6),
                 "peak_mb": round(cell["peak"], 1) if can_reset else None,
+                **({"piqe": float(np.mean(cell["piqe"])), "piqe_clean": float(np.mean(clean_piqe))} if piqe else {}),
             })
     return records
 
@@ -311,7 +321,7 @@ def run_methods(args: argparse.Namespace, protocols: list[str], done) -> dict[st
     finishes, so that a long run keeps what it has measured. A method that cannot run on these
     weights (e.g. ours-gan with fidelity-only weights) is left out with a warning."""
     def params(method: str) -> tuple:
-        return (method, args.data, args.sigmas, protocols, args.limit, args.weights, args.tile, args.threads, args.precision)
+        return (method, args.data, args.sigmas, protocols, args.limit, args.weights, args.tile, args.threads, args.precision, args.piqe)
 
     finished: dict[str, list[dict]] = {}
 
@@ -404,14 +414,18 @@ def markdown(records: list[dict]) -> str:
         n = rows[0]["images"]
         mid = sigmas[len(sigmas) // 2]
         lines += [f"**{set_name}** ({n} images, {protocol} protocol): PSNR dB / SSIM", ""]
-        lines.append("| method | " + " | ".join(f"sigma {s:g}" for s in sigmas) + f" | detail @{mid:g} | s/MP | peak MB |")
-        lines.append("|---|" + "---|" * len(sigmas) + "---|---|---|")
+        piqe = mid in {r["sigma"] for r in rows if "piqe" in r}
+        clean = next((r["piqe_clean"] for r in rows if "piqe_clean" in r), None)
+        lines.append("| method | " + " | ".join(f"sigma {s:g}" for s in sigmas) + f" | detail @{mid:g} | "
+                     + (f"PIQE @{mid:g} (clean {clean:.1f}) | " if piqe else "") + "s/MP | peak MB |")
+        lines.append("|---|" + "---|" * len(sigmas) + "---|---|---|" + ("---|" if piqe else ""))
         for m in methods:
             cells = {r["sigma"]: r for r in rows if r["method"] == m}
             peaks = [c["peak_mb"] for c in cells.values() if c["peak_mb"] is not None]
             peak = f"{max(peaks):.0f}" if peaks else "n/a"
             detail = f"{cells[mid]['detail']:.3f}" if mid in cells and "detail" in cells[mid] else "n/a"
-            lines.append(f"| {m} | {_quality_cells(cells, sigmas)} | {detail} | {_speed(cells):.3g} | {peak} |")
+            score = (f"{cells[mid]['piqe']:.1f} | " if "piqe" in cells.get(mid, {}) else "n/a | ") if piqe else ""
+            lines.append(f"| {m} | {_quality_cells(cells, sigmas)} | {detail} | {score}{_speed(cells):.3g} | {peak} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -1144,6 +1158,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sigmas", type=_floats, default=[15.0, 25.0, 50.0], help="comma-separated, 0-255 scale")
     p.add_argument("--methods", default="ours,ours-gan,cbm3d,nlm", help="ours, ours-gan, ours@REALISM (any of them +x8: self-ensemble), cbm3d, nlm")
     p.add_argument("--realism-sweep", type=_floats, default=[], help="add ours@A for each A (e.g. 0,0.25,0.5,0.75,1)")
+    p.add_argument("--piqe", action="store_true", help="also the no-reference PIQE score (train.naturalness, pyiqa; lower = better)")
     p.add_argument("--protocol", choices=["standard", "realistic", "both"], default="standard")
     p.add_argument("--limit", type=int, default=None, help="first N images of each set")
     p.add_argument("--weights", default=None, help="weights folder or Hub repo id (default: GANLIB_WEIGHTS, else checkpoints/)")
