@@ -303,9 +303,9 @@ def test_no_weights_gives_a_clear_error(app, rgb_png, tmp_path, monkeypatch):
 def ui_args(app, image, mode="Noise lab", kind="gaussian", **over):
     """The Denoise button's inputs, in the page's order, with the page's defaults."""
     values = {**app.LAB_DEFAULTS, "seed": 0, "informed": True, "auto_strength": True, "strength": 25.0, "realism": 0.0,
-              "ensemble": False, **over}
+              "ensemble": False, "camera_noise": False, **over}
     return (image, mode, kind, *[values[k] for k in app.SETTING_NAMES], values["seed"], values["informed"],
-            values["auto_strength"], values["strength"], values["realism"], values["ensemble"])
+            values["auto_strength"], values["strength"], values["realism"], values["ensemble"], values["camera_noise"])
 
 
 def test_ui_function_returns_every_view(app, rgb_png):
@@ -470,6 +470,7 @@ def test_examples_one_per_kind_plus_gray_and_real_noise(app, tmp_path):
         assert set(r.settings) <= set(app.KIND_SETTINGS[r.kind]) and len(r.label) <= 40
         values = app.example_updates(r)
         assert values[0] == r.path and values[1] == r.mode and values[2] == r.kind
+        assert values[-2:] == [True, False]  # automatic strength, no pixel-shuffle: per-photo settings start over
 
 
 # ----------------------------------------------------------------------------- the live server
@@ -498,7 +499,7 @@ def test_api_denoise_endpoint(server, rgb_png):
     info = client.view_api(print_info=False, return_format="dict")["named_endpoints"]["/denoise"]
     assert [p["parameter_name"] for p in info["parameters"]] == [
         "image", "noise_kind", "sigma", "peak", "amount", "salt_ratio", "whole_pixel", "speckle_sigma", "camera_peak",
-        "camera_read", "camera_quality", "seed", "informed", "strength", "realism", "ensemble"]
+        "camera_read", "camera_quality", "seed", "informed", "strength", "realism", "ensemble", "stride"]
     file, metrics = client.predict(image=handle_file(str(rgb_png)), noise_kind="gaussian", sigma=25, seed=0, api_name="/denoise")
     assert Path(file).name == "photo_denoised.png"
     with Image.open(file) as im:
@@ -620,3 +621,150 @@ def test_realism_tab_shows_realism_zero_beside_the_chosen_one(app, rgb_png):
     assert crop.size == (2 * (2 * side + 4), 2 * side + 20)
     assert "Realism 1 against 0" in res.captions["realism"]
     assert "realism" not in app.run(str(rgb_png), "gaussian", {"sigma": 25}, seed=0).files  # realism 0: nothing to compare
+
+
+# ----------------------------------------------------------------------------- pixel-shuffle for camera noise
+
+
+def blotchy(tmp_path: Path, h: int = 40, w: int = 48, name: str = "phone.png") -> Path:
+    """The smooth scene plus seeded, spatially correlated noise (white noise blurred over 2x2 pixels), 8-bit."""
+    g = np.random.default_rng(0)
+    white = g.normal(0, 20 / 255, (h + 1, w + 1, 3))
+    noise = (white[:-1, :-1] + white[1:, :-1] + white[:-1, 1:] + white[1:, 1:]) / 2
+    return write_png(tmp_path / name, (np.clip(scene(h, w) + noise, 0, 1) * 255).round().astype(np.uint8))
+
+
+def library(app, src: Path, **kwargs):
+    """ganlib.inference.restore on the app's weights, with the app's tiling and precision."""
+    return app.restore(app.get_weights(), load_image(src), tile=app.TILE, overlap=app.OVERLAP, precision=app.PRECISION, **kwargs)
+
+
+@pytest.mark.parametrize("shape", [(40, 48), (39, 47)])  # odd sides: restore() pads the sub-images
+def test_camera_noise_is_restore_at_stride_2(app, tmp_path, shape):
+    """The option is restore(stride=2) exactly, at an automatic and a manual strength, and differs from off."""
+    src = blotchy(tmp_path, *shape)
+    on = app.run(str(src), "none", {}, stride=2)
+    off = app.run(str(src), "none", {})
+    assert torch.equal(on.denoised.pixels, library(app, src, stride=2).image.pixels)
+    assert torch.equal(on.noise_map, library(app, src, stride=2).noise_map)
+    assert not torch.equal(on.denoised.pixels, off.denoised.pixels)
+    assert on.metrics["stride"] == 2 and off.metrics["stride"] == 1 and on.metrics["noise_map"] == "estimated"
+    manual = app.run(str(src), "none", {}, strength=20, stride=2)
+    assert torch.equal(manual.denoised.pixels, library(app, src, sigma=20.0, stride=2).image.pixels)
+    assert not torch.equal(manual.denoised.pixels, app.run(str(src), "none", {}, strength=20).denoised.pixels)
+    assert manual.metrics["stride"] == 2 and manual.metrics["strength"] == "manual"
+
+
+def test_camera_noise_with_the_learned_estimator(app, tmp_path, monkeypatch):
+    """With estimator weights the demo estimates stride-1 maps itself; pixel-shuffled, restore() estimates each
+    sub-image: still exactly the library's result, and the estimate's time is not counted as the network's."""
+    from ganlib.models import EstimatorConfig, NoiseEstimator
+
+    folder = make_weights(tmp_path / "w", gan=False)
+    torch.manual_seed(2)  # random weights: the map depends on what the estimator is shown (a whole photo or a sub-image)
+    NoiseEstimator(EstimatorConfig(width=8)).save_pretrained(folder / "estimator")
+    monkeypatch.setattr(app, "_weights", None)
+    monkeypatch.setenv("GANLIB_WEIGHTS", str(folder))
+    src = blotchy(tmp_path)
+    descs = []
+    res = app.run(str(src), "none", {}, stride=2, progress=lambda value, desc=None, **k: descs.append(desc))
+    expected = library(app, src, stride=2)
+    assert app.get_weights().estimator is not None and res.metrics["noise_map"] == "estimated"
+    assert torch.equal(res.noise_map, expected.noise_map) and torch.equal(res.denoised.pixels, expected.image.pixels)
+    assert res.metrics["sigma_used"] == round(expected.sigma, 3)
+    # 48x40 pixel-shuffled: four 24x20 sub-images, one 32-pixel tile each
+    assert [d for d in descs if d.startswith("Denoising ")] == [f"Denoising sub-image {n}/4, tile 1/1" for n in range(1, 5)]
+
+
+def test_page_option_photo_mode_only(app, tmp_path):
+    """The page's checkbox: pixel-shuffle in photo mode (the same PNG as restore(stride=2)), said in the summary
+    and the map caption; ignored in the Noise lab, whose synthetic noise is white."""
+    src = blotchy(tmp_path)
+    outs = app.ui_denoise(*ui_args(app, str(src), mode="Denoise my photo", camera_noise=True), progress=None)
+    metrics, md = outs[6], outs[4]
+    assert metrics["stride"] == 2 and "pixel-shuffled ×2 for camera noise" in md
+    assert "4 pixel-shuffled sub-images" in outs[8]
+    expected = save_image(library(app, src, stride=2).image, tmp_path / "expected.png")
+    assert torch.equal(load_image(outs[3]).pixels, load_image(expected).pixels)
+    lab = app.ui_denoise(*ui_args(app, str(src), camera_noise=True), progress=None)
+    assert lab[6]["mode"] == "lab" and lab[6]["stride"] == 1 and "pixel-shuffled" not in lab[4]
+    plain = app.ui_denoise(*ui_args(app, str(src), mode="Denoise my photo"), progress=None)
+    assert plain[6]["stride"] == 1 and "pixel-shuffled" not in plain[4]
+
+
+def test_camera_noise_control_and_api_defaults_match(app, tmp_path):
+    """Off by default on the page (shown in photo mode, hidden in the lab) and stride=1 in the API."""
+    import inspect
+
+    demo = app.build_demo(tmp_path / "ex")
+    blocks = list(demo.blocks.values())
+    box = next(b for b in blocks if getattr(b, "elem_id", None) == "camera-noise")
+    assert isinstance(box, gr.Checkbox) and box.value is False and box.visible is True
+    assert box.label == "Camera / phone photo: blotchy noise" and "fine texture" in box.info and "leave it off" in box.info
+    api = next(b for b in blocks if isinstance(b, gr.Number) and b.label == "stride")
+    assert api.value == 1 == inspect.signature(app.api_denoise).parameters["stride"].default
+    assert inspect.signature(app.run).parameters["stride"].default == 1
+    toggle = next(f for f in demo.fns.values() if box in f.outputs and f.inputs and f.inputs[0].elem_id == "mode")
+    lab, shown = toggle.fn("Noise lab")
+    assert lab["visible"] is True and shown["visible"] is False
+    lab, shown = toggle.fn("Denoise my photo")
+    assert lab["visible"] is False and shown["visible"] is True
+
+
+@pytest.mark.parametrize("bad", [0, 5, -1, 1.5, "2", "two", True, [2]])
+def test_bad_stride_is_a_gradio_error(app, rgb_png, bad):
+    with pytest.raises(gr.Error, match="Stride must be a whole number from 1 to 4") as err:
+        app.api_denoise(str(rgb_png), stride=bad, progress=None)
+    assert "Traceback" not in err.value.message
+
+
+def test_stride_accepts_whole_floats_and_none(app, rgb_png):
+    assert app.api_denoise(str(rgb_png), stride=2.0, progress=None)[1]["stride"] == 2
+    assert app.api_denoise(str(rgb_png), stride=None, progress=None)[1]["stride"] == 1
+
+
+def test_salt_and_pepper_is_not_pixel_shuffled(app, rgb_png):
+    """restore() removes impulses with the switching median whatever the stride: the metrics say stride 1, and why."""
+    m = app.run(str(rgb_png), "salt_pepper", {"amount": 0.1}, seed=0, stride=2).metrics
+    assert m["impulses_removed"] is True and m["stride"] == 1
+    assert any("pixel-shuffle (stride 2) does not apply" in n for n in m["notes"])
+
+
+def test_realism_crop_uses_the_same_stride(app, tmp_path, monkeypatch):
+    """The realism tab's realism-0 crop is denoised pixel-shuffled too, with the result's map."""
+    src = blotchy(tmp_path)
+    calls = []
+    real = app.restore
+    monkeypatch.setattr(app, "restore", lambda *a, **k: calls.append((k["realism"], k["stride"])) or real(*a, **k))
+    res = app.run(str(src), "none", {}, realism=0.5, stride=2)
+    assert calls == [(0.5, 2), (0.0, 2)] and "realism" in res.files
+
+
+def test_tile_clock_leaves_the_sub_image_estimates_out_of_the_network(app, monkeypatch):
+    """Pixel-shuffled, restore() estimates each sub-image just before denoising it: those pauses are not tiles."""
+    from types import SimpleNamespace
+
+    times = iter([1, 2, 8, 9, 14, 15, 20, 21])  # 4 sub-images x 2 tiles, 1 s each; 5-6 s of estimate between them
+    monkeypatch.setattr(app, "time", SimpleNamespace(perf_counter=lambda: float(next(times))))
+    seen = []
+    clock = app._TileClock(lambda value, desc=None, **k: seen.append((value, desc)), False, stride=2)
+    for done in range(1, 9):
+        clock(done, 8)
+    assert clock.network_seconds(30.0) == pytest.approx(8.0)
+    assert seen[2] == ((3, 8), "Denoising sub-image 2/4, tile 1/2") and seen[-1] == ((8, 8), "Denoising sub-image 4/4, tile 2/2")
+
+
+def test_api_stride_parameter(server, tmp_path):
+    from gradio_client import Client, handle_file
+
+    client = Client(server, verbose=False)
+    info = client.view_api(print_info=False, return_format="dict")["named_endpoints"]["/denoise"]
+    stride = next(p for p in info["parameters"] if p["parameter_name"] == "stride")
+    assert stride["parameter_has_default"] and stride["parameter_default"] == 1
+    src = blotchy(tmp_path)
+    _, default = client.predict(image=handle_file(str(src)), api_name="/denoise")
+    file, shuffled = client.predict(image=handle_file(str(src)), stride=2, api_name="/denoise")
+    assert default["stride"] == 1 and shuffled["stride"] == 2 and shuffled["mode"] == "photo"
+    assert Path(file).is_file()
+    with pytest.raises(Exception, match="Stride must be a whole number"):
+        client.predict(image=handle_file(str(src)), stride=7, api_name="/denoise")

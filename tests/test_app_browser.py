@@ -1,9 +1,11 @@
 """End to end in a real browser: Playwright drives Debian's Chromium (/usr/bin/chromium, installed by
 `make chromium`; browser downloads are not reachable) against the demo served on a free local port.
 
-- "Denoise my photo" (the default mode): upload, denoise with nothing added, see the estimated noise-level
-  map and the removed residual; an error afterwards keeps the results on the page.
-- "Noise lab": add gaussian noise, denoise with the informed map, read PSNR, download the PNG.
+- "Denoise my photo" (the default mode): upload, tick "Camera / phone photo: blotchy noise", denoise with
+  nothing added (pixel-shuffled), see the estimated noise-level map and the removed residual; an error
+  afterwards keeps the results on the page.
+- "Noise lab": add gaussian noise, denoise with the informed map, read PSNR, download the PNG (the camera
+  photo option is hidden there).
 - The lab's "Compare all five kinds": gallery of 10 images and a 5-row table.
 - An example opens in its own mode with its own settings.
 - A 12-megapixel photo through the bundled weights: total time at most 1.5 times the network time.
@@ -113,12 +115,16 @@ def test_photo_mode_map_residual_and_error_keeps_results(server, page, tmp_path)
     assert not page.locator("#lab").is_visible()
     upload(page, src)
     assert "100 x 72" in page.locator("#file-info").inner_text()
+    camera = page.locator("#camera-noise input[type=checkbox]")
+    assert camera.is_visible() and not camera.is_checked()  # offered in photo mode, off by default
+    camera.check()
     page.click("#denoise-btn")
 
     page.wait_for_selector("#slider img", timeout=60_000)
     assert page.locator("#slider img").count() == 2  # before and after
     wait_text(page, "#metrics", "no synthetic noise added")
     assert "estimated" in page.locator("#metrics").inner_text()
+    assert "pixel-shuffled ×2 for camera noise" in page.locator("#metrics").inner_text()
 
     open_tab(page, "Noise-level map")
     page.wait_for_selector("#noise-map img", timeout=30_000)
@@ -148,6 +154,7 @@ def test_lab_noise_denoise_download(server, page, tmp_path):
     page.wait_for_selector("#denoise-btn", timeout=60_000)
     page.locator("#mode").get_by_label("Noise lab").check()
     page.wait_for_selector("#lab", state="visible", timeout=10_000)
+    page.wait_for_selector("#camera-noise", state="hidden", timeout=10_000)  # the lab's noise is white: no pixel-shuffle
     upload(page, src)
     page.locator("#noise-kind").get_by_label("speckle").check()
     page.locator("#noise-kind").get_by_label("gaussian").check()
@@ -156,7 +163,7 @@ def test_lab_noise_denoise_download(server, page, tmp_path):
     page.wait_for_selector("#slider img", timeout=60_000)
     wait_text(page, "#metrics", "PSNR")
     text = page.locator("#metrics").inner_text()
-    assert "gaussian (sigma 25)" in text and "informed" in text and "realism 0.00" in text
+    assert "gaussian (sigma 25)" in text and "informed" in text and "realism 0.00" in text and "pixel-shuffled" not in text
     open_tab(page, "Noise-level map")
     wait_text(page, "#map-caption", "informed")
 
@@ -195,9 +202,12 @@ def test_example_opens_in_its_mode(server, page):
     page.wait_for_selector("#lab", state="visible", timeout=10_000)
     assert page.locator("#mode").get_by_label("Noise lab").is_checked()
     assert page.locator("#noise-kind").get_by_label("poisson").is_checked()
+    page.wait_for_selector("#camera-noise", state="hidden", timeout=10_000)
     page.locator("#examples").get_by_text("Real noisy photo").click()
     page.wait_for_selector("#lab", state="hidden", timeout=10_000)
     assert page.locator("#mode").get_by_label("Denoise my photo").is_checked()
+    page.wait_for_selector("#camera-noise", state="visible", timeout=10_000)
+    assert not page.locator("#camera-noise input[type=checkbox]").is_checked()  # an example starts with it off
 
 
 @pytest.mark.skipif(not (REPO / "checkpoints" / "fidelity").is_dir(), reason="the bundled weights are missing")
