@@ -354,7 +354,10 @@ def restore(
     impulses: True = the image carries salt & pepper noise: detected impulses are replaced by a
     switching median, then the network refines those pixels only (all others are kept exactly);
     None = detect it (isolated 0/1 values, and their removal takes away most of the estimated
-    noise); False = never. realism, tile, overlap, progress, precision, ensemble: as in `denoise`.
+    noise); False = never. tile, overlap, progress, precision, ensemble: as in `denoise`.
+    realism: 0 = the fidelity model; above 0, the generator blended towards the GAN stage supplies the
+    fine texture and a second pass of the fidelity model the tone and colour (`frequency_separation`):
+    twice the time (not for impulse noise, where only the replaced pixels are refined).
     stride: pixel-shuffle downsampling for spatially correlated noise, the blotches of a few pixels
     that in-camera processing leaves in real photos (Zhou et al. 2020, "When AWGN-based denoiser meets
     real noises"): the image is split into stride x stride sub-images (every stride-th pixel), each is
@@ -397,17 +400,66 @@ def restore(
         result = torch.where(mask, refined, cleaned)
         log.info("impulse noise: %.2f%% of values replaced by the switching median, refined at sigma %.1f", 100 * fraction, float(smap.mean()))
         return Restored(image.with_pixels(result), smap, float(smap.mean()), estimated, True, fraction)
-    if stride > 1:
-        return _pixel_shuffled(model, image, sigma, blind, stride, fraction, tile=tile, overlap=overlap, progress=progress,
-                               precision=precision, ensemble=ensemble)
-    if sigma is None:
-        smap, summary = blind(pixels)
-        log.info("estimated noise level: sigma = %.2f (map %.2f-%.2f)", summary, float(smap.min()), float(smap.max()))
-    else:
-        smap = _as_map(sigma, h, w)
-        summary = float(smap.float().mean())
-    result = denoise(model, pixels, smap, tile=tile, overlap=overlap, progress=progress, precision=precision, ensemble=ensemble)
-    return Restored(image.with_pixels(result), smap, summary, estimated, False, fraction)
+
+    def run(model: Generator, sigma: float | torch.Tensor | None, progress: ProgressFn | None) -> Restored:
+        if stride > 1:
+            return _pixel_shuffled(model, image, sigma, blind, stride, fraction, tile=tile, overlap=overlap, progress=progress,
+                                   precision=precision, ensemble=ensemble)
+        if sigma is None:
+            smap, summary = blind(pixels)
+            log.info("estimated noise level: sigma = %.2f (map %.2f-%.2f)", summary, float(smap.min()), float(smap.max()))
+        else:
+            smap = _as_map(sigma, h, w)
+            summary = float(smap.float().mean())
+        result = denoise(model, pixels, smap, tile=tile, overlap=overlap, progress=progress, precision=precision, ensemble=ensemble)
+        return Restored(image.with_pixels(result), smap, summary, estimated, False, fraction)
+
+    if realism == 0.0:
+        return run(model, sigma, progress)
+    # Realism: the blended generator's fine texture on the fidelity model's tone and colour, from a
+    # second pass with the same noise-level map (twice the time).
+    textured = run(model, sigma, _pass(progress, 0, 2))
+    base = run(weights.fidelity, textured.noise_map, _pass(progress, 1, 2))
+    textured.image = image.with_pixels(frequency_separation(textured.image.pixels, base.image.pixels))
+    return textured
+
+
+REALISM_TONE_SIGMA = 1.0  # pixels: chosen on held-back CBSD432 photos (see frequency_separation)
+
+
+def _pass(progress: ProgressFn | None, k: int, n: int) -> ProgressFn | None:
+    """Progress of pass k of n, reported as a share of all n passes."""
+    if progress is None:
+        return None
+    return lambda done, total: progress(k * total + done, n * total)
+
+
+def gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of a (N,C,H,W) tensor, std `sigma` pixels, edges mirrored (any size)."""
+    r = max(1, math.ceil(3 * sigma))
+    k = torch.exp(-(torch.arange(-r, r + 1, dtype=torch.float32) ** 2) / (2 * sigma * sigma))
+    k = (k / k.sum()).to(image)
+    c = image.shape[1]
+    mode = "reflect" if min(image.shape[-2:]) > r else "replicate"
+    x = F.conv2d(F.pad(image, (r, r, 0, 0), mode=mode), k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    return F.conv2d(F.pad(x, (0, 0, r, r), mode=mode), k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
+def frequency_separation(textured: torch.Tensor, base: torch.Tensor, sigma: float = REALISM_TONE_SIGMA) -> torch.Tensor:
+    """The fine detail of `textured` (the GAN end of realism) on the coarse content of `base` (the
+    fidelity result): textured + blur(base - textured), both (1,C,H,W) in [0, 1]; output clamped to [0, 1].
+
+    After the frequency separation of Fritsche et al. 2019 ("Frequency Separation for Real-World
+    Super-Resolution"), where the adversarial loss only judges high frequencies: here it is applied at
+    inference, so the GAN adds texture but cannot move tone or colour. Measured on 12 held-back CBSD432
+    photos at sigma 25, realism 1: PSNR cost against realism 0 from 1.00 to 0.65 dB, SSIM cost from
+    0.056 to 0.039, detail ratio 0.913 -> 0.906, largest channel-mean shift 0.67 -> 0.03 levels
+    (sigma 2 keeps a little more detail, 0.915, at 0.84 dB).
+    """
+    if textured.shape != base.shape:
+        raise ValueError(f"textured and base must have the same shape, got {tuple(textured.shape)} and {tuple(base.shape)}")
+    out = textured.float() + gaussian_blur(base.float() - textured.float(), sigma)
+    return out.clamp_(0, 1)
 
 
 def _pixel_shuffled(model: Generator, image: ImageData, sigma: float | torch.Tensor | None,

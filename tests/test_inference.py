@@ -6,7 +6,7 @@ import torch
 
 from ganlib.hub import Weights
 from ganlib.images import ImageData
-from ganlib.inference import denoise, denoise_image, estimate_noise_map, estimate_sigma, restore
+from ganlib.inference import denoise, denoise_image, estimate_noise_map, estimate_sigma, frequency_separation, restore
 from ganlib.models import Generator, GeneratorConfig
 from ganlib.noise import add_noise
 
@@ -119,7 +119,9 @@ def test_denoise_image_keeps_metadata():
     assert not torch.allclose(out.pixels, image.pixels)
     assert torch.equal(out.pixels, denoise(weights.fidelity, image.pixels, 25.0, tile=16, overlap=8))
     gan = denoise_image(weights, image, sigma=25.0, realism=1.0)
-    assert torch.equal(gan.pixels, denoise(weights.gan, image.pixels, 25.0))
+    fid = denoise(weights.fidelity, image.pixels, 25.0)
+    expected = frequency_separation(denoise(weights.gan, image.pixels, 25.0), fid)
+    assert torch.allclose(gan.pixels, expected, atol=1e-6)
     with pytest.raises(ValueError):
         denoise_image(weights, image, realism=1.5)
 
@@ -319,3 +321,27 @@ def test_pixel_shuffle_stride_denoises_each_sub_image_and_interleaves_them(h, w)
     for bad in (0, 5, 1.5, True):
         with pytest.raises(ValueError, match="stride"):
             restore(weights, ImageData(pixels=noisy), stride=bad)
+
+
+def test_frequency_separation_takes_texture_from_one_and_tone_from_the_other():
+    g = torch.Generator().manual_seed(0)
+    base = smooth(48, 56)
+    checker = ((torch.arange(48)[:, None] + torch.arange(56)[None, :]) % 2 * 2 - 1.0) * 0.05  # finest texture
+    textured = (base + 6 / 255 + checker).clamp(0, 1)  # + a brightness shift of 6 levels
+    out = frequency_separation(textured, base)
+    assert out.shape == base.shape and 0 <= out.min() and out.max() <= 1
+    assert abs(float((out - base).mean()) * 255) < 0.1  # the shift is gone ...
+    kept = out - base
+    assert float((kept * checker).mean() / (checker * checker).mean()) > 0.95  # ... the texture stays
+    noise = torch.rand(1, 3, 40, 40, generator=g)
+    assert torch.allclose(frequency_separation(noise, noise), noise)  # the same image: unchanged
+    with pytest.raises(ValueError, match="same shape"):
+        frequency_separation(base, base[..., :40, :])
+
+
+def test_realism_progress_counts_both_passes_once():
+    weights = Weights(fidelity=tiny(), gan=tiny(seed=9), source="test")
+    calls = []
+    restore(weights, ImageData(pixels=noisy_image(64, 64)), sigma=20.0, realism=0.5, tile=32, overlap=8, impulses=False,
+            progress=lambda d, t: calls.append((d, t)))
+    assert len({t for _, t in calls}) == 1 and [d for d, _ in calls] == list(range(1, calls[0][1] + 1))

@@ -154,10 +154,14 @@ def make_method(method: str, weights_source: str | None, tile: int, precision: s
     if realism is not None:
         from ganlib.hub import load_weights
 
-        model = load_weights(weights_source).generator(realism)
-        model.eval()
+        from ganlib.images import ImageData
+        from ganlib.inference import restore
+
+        weights = load_weights(weights_source)
+        weights.generator(realism)  # fails here, in the worker's first lines, when the GAN weights are missing
         ensemble = method.endswith("+x8")
-        return lambda noisy, sigma: denoise(model, noisy, sigma, tile=tile, precision=precision, ensemble=ensemble)
+        return lambda noisy, sigma: restore(weights, ImageData(pixels=noisy), sigma=sigma, impulses=False, realism=realism, tile=tile,
+                                            precision=precision, ensemble=ensemble).image.pixels
     if method == "cbm3d":
         _bm3d()
         return cbm3d_denoise
