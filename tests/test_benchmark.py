@@ -138,10 +138,13 @@ def test_an_interrupted_run_keeps_the_finished_methods(setup: dict[str, Path], t
 
 def test_real_grid_and_memory_check(setup: dict[str, Path], tmp_path: Path) -> None:
     grid = tmp_path / "grid.png"
-    info = benchmark.real_grid(str(setup["data"]), grid, str(setup["weights"]), ["ours", "ours-gan"], crop=32, limit=None, tile=512)
+    info = benchmark.real_grid(str(setup["data"]), grid, str(setup["weights"]), ["ours", "ours-gan", "ours-stride2"], crop=32,
+                               limit=None, tile=512)
     assert [i["image"] for i in info] == ["im0.png", "im1.png"] and all(i["sigma"] >= 0 for i in info)
     with Image.open(grid) as im:
-        assert im.size == (3 * 32, 2 * 32 + 18)  # noisy | ours | ours-gan, a header line
+        assert im.size == (4 * 32, 2 * 32 + 18)  # noisy | ours | ours-gan | ours-stride2, a header line
+        cells = np.asarray(im.convert("RGB"))[18:50].astype(int)
+        assert np.abs(cells[:, 32:64] - cells[:, 96:128]).mean() > 0.5  # the pixel-shuffled cell is another result
     mem = benchmark.memory_check(str(setup["weights"]), tile=32, threads=1, width=96, height=64)
     assert mem["width"] == 96 and mem["sec_per_mp"] > 0
     assert mem["peak_rss_mb"] >= mem["rss_before_mb"] > 0

@@ -519,9 +519,16 @@ def real_grid(folder: str, out: Path, weights: str | None, methods: list[str], c
 
     from ganlib.hub import load_weights
 
-    estimator = load_weights(weights).estimator  # the demo's automatic strength (wavelet MAD if none)
+    loaded = load_weights(weights)
+    estimator = loaded.estimator  # the demo's automatic strength (wavelet MAD if none)
     fns = {}
     for m in methods:
+        if m == "ours-stride2":  # the camera-photo path: each pixel-shuffled sub-image of the crop estimated on its own
+            from ganlib.images import ImageData
+            from ganlib.inference import restore
+
+            fns[m] = lambda noisy, _: restore(loaded, ImageData(pixels=noisy), stride=2, impulses=False, precision=precision).image.pixels
+            continue
         try:
             fns[m] = make_method(m, weights, tile, precision)
         except (SystemExit, ValueError) as err:
@@ -1177,7 +1184,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--grid-real", help="folder of real noisy photos for a visual grid")
     p.add_argument("--grid-out", type=Path, default=Path("grid.png"))
     p.add_argument("--grid-crop", type=int, default=192, help="centre crop side of each grid cell")
-    p.add_argument("--grid-methods", default="ours,ours-gan,cbm3d")
+    p.add_argument("--grid-methods", default="ours,ours-gan,cbm3d", help="ours, ours-gan, ours@R, ours-stride2 (pixel-shuffled), cbm3d, nlm")
     p.add_argument("--realism-crops", type=Path, metavar="PNG",
                    help="figure of textured crops at realism 0/0.5/1 (or --realism-sweep): --crop-photos CLEAN1 CLEAN2 [--crop-real NOISY MEAN]")
     p.add_argument("--crop-photos", nargs="+", type=Path, default=[], help="clean photos for --realism-crops (gaussian 25, camera noise)")
