@@ -284,6 +284,17 @@ def test_lowpass_loss_sees_colour_shifts_not_texture() -> None:
     assert trainer.lowpass_loss(shifted, clean) == pytest.approx(4 / 255 / 3, rel=1e-4)
 
 
+def test_quantile_loss_is_l1_at_the_median_and_leans_high_above() -> None:
+    pred, target = torch.tensor([0.0, 0.0]), torch.tensor([1.0, -1.0])  # one under-, one over-prediction
+    assert trainer.quantile_loss(pred, target, 0.5) == pytest.approx(float(torch.nn.functional.l1_loss(pred, target)))
+    assert trainer.quantile_loss(pred[:1], target[:1], 0.75) == pytest.approx(1.5)  # under-predicting costs more
+    assert trainer.quantile_loss(pred[1:], target[1:], 0.75) == pytest.approx(0.5)
+    # the constant minimising it over a sample is the sample's quantile
+    sample = torch.arange(100, dtype=torch.float32)
+    best = min(range(100), key=lambda c: float(trainer.quantile_loss(torch.full((100,), float(c)), sample, 0.8)))
+    assert 78 <= best <= 81
+
+
 def test_gan_loss_kinds() -> None:
     real, fake = torch.tensor([2.0, 0.5]), torch.tensor([-2.0, 0.5])
     d, g = trainer.gan_losses("hinge", real, fake)

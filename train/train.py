@@ -69,6 +69,10 @@ class TrainConfig:
     grad_clip: float = 1.0
     ssim_weight: float = 0.0  # fidelity loss = L1 + ssim_weight * (1 - SSIM)
     ema_decay: float = 0.999
+    # stage estimator: the quantile of the noise level it predicts (0.5 = the median: L1 loss). Above 0.5 it
+    # reads high where unsure, as the generator, trained on overstated maps too, loses less to too strong
+    # a map than to too weak a one.
+    estimator_quantile: float = 0.5
     # stage gan
     d_lr: float = 1e-4
     adv_weight: float = 0.01  # adversarial loss weight against the L1 pixel loss (weight 1)
@@ -288,10 +292,20 @@ def validate_estimator(model: NoiseEstimator, images: list[torch.Tensor], sigmas
     return out
 
 
-def estimator_step(model: NoiseEstimator, opt: torch.optim.Optimizer, noisy: torch.Tensor, smap: torch.Tensor, grad_clip: float, step: int = 0) -> torch.Tensor:
-    """One step of the estimator: L1 between log noise levels, on 4x4 blocks (its output resolution)."""
+def quantile_loss(pred: torch.Tensor, target: torch.Tensor, quantile: float = 0.5) -> torch.Tensor:
+    """Mean pinball loss, scaled so that quantile 0.5 is exactly the L1 loss: under-predictions weigh
+    2*quantile, over-predictions 2*(1 - quantile). Above 0.5 the prediction leans high where it is unsure
+    (Koenker & Bassett 1978, quantile regression)."""
+    d = target - pred
+    return (2 * torch.maximum(quantile * d, (quantile - 1) * d)).mean()
+
+
+def estimator_step(model: NoiseEstimator, opt: torch.optim.Optimizer, noisy: torch.Tensor, smap: torch.Tensor, grad_clip: float, step: int = 0,
+                   quantile: float = 0.5) -> torch.Tensor:
+    """One step of the estimator: the pinball loss at `quantile` (0.5: L1) between log noise levels, on 4x4
+    blocks (its output resolution)."""
     target = torch.log(F.avg_pool2d(smap, 4) + NoiseEstimator.eps)
-    loss = F.l1_loss(model.log_sigma(noisy), target)
+    loss = quantile_loss(model.log_sigma(noisy), target, quantile)
     if not torch.isfinite(loss):
         raise FloatingPointError(f"loss became {loss.item()} at step {step}")
     opt.zero_grad(set_to_none=True)
@@ -532,7 +546,7 @@ def _run(cfg: TrainConfig, resume: bool) -> Path:
         for group in opt_g.param_groups:
             group["lr"] = cfg.lr * lr_factor(cfg, step)
         if estimating:
-            loss_pix = estimator_step(model, opt_g, noisy, smap, cfg.grad_clip, step)
+            loss_pix = estimator_step(model, opt_g, noisy, smap, cfg.grad_clip, step, cfg.estimator_quantile)
             loss_adv = loss_d = torch.zeros(())
         else:
             loss_pix, loss_adv, loss_d = train_step(cfg, ddp_model, disc, opt_g, opt_d, clean, noisy, smap, amp, step)
