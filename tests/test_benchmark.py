@@ -345,10 +345,14 @@ def test_gray_mode_end_to_end(setup: dict[str, Path], tmp_path: Path, capsys: py
     pytest.importorskip("bm3d", reason="optional peer package bm3d not installed")
     out = tmp_path / "gray.json"
     rc = benchmark.main(["--gray", str(gray_photos(tmp_path / "bsd-gray")), "--sigmas", "25", "--protocol", "both",
-                         "--weights", str(setup["weights"]), "--peer-limit", "1", "--threads", "1", "--output", str(out)])
+                         "--weights", str(setup["weights"]), "--peer-limit", "1", "--threads", "1", "--realism-sweep", "0,1",
+                         "--output", str(out)])
     assert rc == 0
     result = json.loads(out.read_text())
     assert [(r["protocol"], r["sigma"]) for r in result["gray"]] == [("standard", 25), ("realistic", 25)]
+    for r in result["gray"]:  # the realism sweep, informed, with its detail ratio
+        assert "ours@0" not in r and r["ours@1"]["images"] == 2 and r["ours@1"]["psnr"] != r["ours_informed"]["psnr"]
+        assert all(d > 0 for d in r["ours@1"]["detail_per_image"] + r["ours_informed"]["detail_per_image"])
     for r in result["gray"]:
         assert r["images"] == 2 and r["noisy"]["images"] == r["ours_informed"]["images"] == r["ours_auto"]["images"] == 2
         assert r["bm3d"]["images"] == 1 and r["bm3d"]["psnr"] > r["noisy"]["psnr_per_image"][0] + 5
@@ -358,6 +362,7 @@ def test_gray_mode_end_to_end(setup: dict[str, Path], tmp_path: Path, capsys: py
     printed = capsys.readouterr().out
     assert "**bsd-gray** (gray, 2 images, standard protocol" in printed and "realistic protocol" in printed
     assert "| 25 | " in printed and "BM3D (gray, true sigma)" in printed and result["markdown_gray"] in printed
+    assert "ours@1 (informed; detail)" in printed
 
 
 def test_real_mode_end_to_end(setup: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

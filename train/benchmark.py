@@ -1016,21 +1016,30 @@ def load_gray(path: Path) -> torch.Tensor:
 
 
 def run_gray(folder: str, sigmas: list[float], protocols: list[str], limit: int | None, peer_limit: int | None, weights,
-             precision: str, done=None) -> list[dict]:
-    """1-channel photos with Gaussian noise: noisy, ours informed (the true sigma), ours automatic and
-    BM3D (gray, at the true sigma) on the first `peer_limit` images. One record per (protocol, sigma)."""
+             precision: str, done=None, realisms: list[float] = ()) -> list[dict]:
+    """1-channel photos with Gaussian noise: noisy, ours informed (the true sigma), ours automatic,
+    BM3D (gray, at the true sigma) on the first `peer_limit` images, and ours informed at each realism
+    of `realisms` (with its detail ratio). One record per (protocol, sigma)."""
+    sweep = [a for a in dict.fromkeys(realisms) if a != 0.0]
+    if sweep and weights.gan is None:
+        log.warning("realism sweep left out: %s has no GAN weights", weights.source)
+        sweep = []
     paths = list_set(folder, limit)
     cleans = [load_gray(p) for p in paths]
     n_peer = len(paths) if peer_limit is None else min(peer_limit, len(paths))
     records = []
     for protocol in protocols:
         for sigma in sigmas:
-            cells = {"noisy": Scores(), "ours_auto": Scores(), "ours_informed": Scores(), "bm3d": Scores()}
+            cells = {"noisy": Scores(), "ours_auto": Scores(), "ours_informed": Scores(), "bm3d": Scores(),
+                     **{f"ours@{a:g}": Scores() for a in sweep}}
             for i, clean in enumerate(tqdm(cleans, desc=f"gray sigma {sigma:g} {protocol}", dynamic_ncols=True, leave=False)):
                 noisy = make_noisy(clean, sigma, protocol, seed=i)
                 cells["noisy"].add(noisy, clean)
                 res, sec = ours(weights, noisy, float(sigma), impulses=False, precision=precision)
-                cells["ours_informed"].add(res.image.pixels, clean, sec)
+                cells["ours_informed"].add(res.image.pixels, clean, sec, detail=round(detail_ratio(res.image.pixels, clean), 4))
+                for a in sweep:
+                    res, sec = ours(weights, noisy, float(sigma), impulses=False, realism=a, precision=precision)
+                    cells[f"ours@{a:g}"].add(res.image.pixels, clean, sec, detail=round(detail_ratio(res.image.pixels, clean), 4))
                 res, sec = ours(weights, noisy, precision=precision)
                 cells["ours_auto"].add(res.image.pixels, clean, sec, sigma=round(res.sigma, 3))
                 if i < n_peer:
@@ -1056,10 +1065,18 @@ def gray_markdown(records: list[dict]) -> str:
     for protocol in dict.fromkeys(r["protocol"] for r in records):
         rows = [r for r in records if r["protocol"] == protocol]
         n = rows[0]["images"]
+        sweep = [k for k in rows[0] if k.startswith("ours@")]
         lines += [f"**{rows[0]['set']}** (gray, {n} images, {protocol} protocol, seed = image index): PSNR dB / SSIM", "",
-                  f"| sigma | noisy | ours, informed (true sigma) | ours, automatic | {PEER_TITLES['bm3d']} |", "|---|---|---|---|---|"]
+                  f"| sigma | noisy | ours, informed (true sigma) | ours, automatic | {PEER_TITLES['bm3d']} | "
+                  + "".join(f"{k} (informed; detail) | " for k in sweep), "|---|---|---|---|---|" + "---|" * len(sweep)]
+
+        def detail(summary: dict) -> str:
+            values = summary.get("detail_per_image")
+            return f" ({np.mean(values):.3f})" if values else ""
+
         for r in rows:
-            lines.append(f"| {r['sigma']:g} | {_cell(r['noisy'])} | {_cell(r['ours_informed'])} | {_cell(r['ours_auto'])} | {_cell(r['bm3d'], n)} |")
+            lines.append(f"| {r['sigma']:g} | {_cell(r['noisy'])} | {_cell(r['ours_informed'])}{detail(r['ours_informed'])} | "
+                         f"{_cell(r['ours_auto'])} | {_cell(r['bm3d'], n)} | " + "".join(f"{_cell(r[k])}{detail(r[k])} | " for k in sweep))
         secs = {name: np.mean([r[key]["seconds_per_image"] for r in rows if r[key]["images"]]) for key, name in
                 [("ours_informed", "ours informed"), ("ours_auto", "ours automatic"), ("bm3d", "BM3D")] if any(r[key]["images"] for r in rows)}
         lines += ["", "seconds per image: " + ", ".join(f"{k} {v:.3g}" for k, v in secs.items()), ""]
@@ -1334,7 +1351,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.gray:
         protocols = list(PROTOCOLS) if args.protocol == "both" else [args.protocol]
         run_peer_modes(args, result, "gray", lambda done: run_gray(args.gray, args.sigmas, protocols, args.limit, args.peer_limit,
-                                                                    load_weights(args.weights), args.precision, done), gray_markdown)
+                                                                    load_weights(args.weights), args.precision, done, args.realism_sweep),
+                       gray_markdown)
     if args.real:
         run_peer_modes(args, result, "real", lambda done: run_real(args.real, args.limit, args.peer_limit, load_weights(args.weights),
                                                                     args.precision, args.realism_sweep), real_markdown)
