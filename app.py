@@ -76,8 +76,8 @@ PNG_LEVEL = 1  # zlib level of every PNG the demo writes: lossless, several time
 VIEW_MAX_SIDE = 1024  # the noise-level map is shown at most this large (it is smooth)
 RESIDUAL_MAX_SIDE = 1024  # larger photos show the residual of a labelled centre crop at full resolution
 COMPARE_MAX_SIDE = 512  # /compare_kinds works on a labelled centre crop of larger photos
-# The automatic noise level reads at most this many tiles of this side (2 MP; ganlib's default, 8 x 1024^2,
-# reads 8 MP: 5.5 s on a 12 MP photo, over a third of the network's time, for the same map).
+# The automatic noise level reads at most this many tiles of this side (2 MP, as ganlib's default now does;
+# 8 x 1024^2 read 8 MP: 5.5 s on a 12 MP photo, over a third of the network's time, for the same map).
 ESTIMATE_TILE, ESTIMATE_TILES = 512, 8
 
 MODES = ("Denoise my photo", "Noise lab")
@@ -524,6 +524,20 @@ def _check_settings(noise_kind: str, seed: Any, strength: Any, realism: Any) -> 
     return seed, float(realism)
 
 
+def camera_make(exif: bytes | None) -> str | None:
+    """The camera named in a photo's EXIF block (Make and Model, tags 271 and 272), or None: a hint that
+    its noise is a camera's, blotchy after in-camera processing (the demo then points to the camera option)."""
+    if not exif:
+        return None
+    try:
+        tags = Image.Exif()
+        tags.load(exif)
+        name = " ".join(str(tags.get(t, "")).strip("\x00 ") for t in (271, 272)).strip()
+    except Exception:  # a damaged EXIF block is no reason to fail a denoising
+        return None
+    return name[:60] or None
+
+
 def _check_stride(stride: Any) -> int:
     """The pixel-shuffle stride as an int 1-4 (None = 1, off); anything else -> gr.Error."""
     if stride is None:
@@ -618,6 +632,8 @@ def _run(image, noise_kind, noise_params, seed, strength, realism, progress, ens
         notes.append("flat image: read as noise-free (sigma 0) and returned unchanged")
     elif shuffled != stride:
         notes.append(f"salt & pepper noise was removed by the switching median; pixel-shuffle (stride {stride}) does not apply to it")
+    elif noise_kind == "none" and stride == 1 and not restored.impulses and (camera := camera_make(original.exif)):
+        notes.append(f"a camera photo ({camera}): if colour blotches remain, tick 'Camera / phone photo: blotchy noise'")
 
     out = _out_dir()
     stem = _safe_stem(name)

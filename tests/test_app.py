@@ -768,3 +768,17 @@ def test_api_stride_parameter(server, tmp_path):
     assert Path(file).is_file()
     with pytest.raises(Exception, match="Stride must be a whole number"):
         client.predict(image=handle_file(str(src)), stride=7, api_name="/denoise")
+
+
+def test_camera_photo_hint_from_exif(app, tmp_path, rgb_png):
+    """A photo whose EXIF names a camera gets a note pointing to the camera option (photo mode, option off)."""
+    exif = Image.Exif()
+    exif[271], exif[272] = "ACME", "X100"
+    jpg = tmp_path / "cam.jpg"
+    Image.open(rgb_png).convert("RGB").save(jpg, quality=90, exif=exif)
+    hint = [n for n in app.run(str(jpg), "none", {}).metrics["notes"] if "Camera / phone photo" in n]
+    assert len(hint) == 1 and "ACME X100" in hint[0]
+    assert not any("Camera / phone photo" in n for n in app.run(str(jpg), "none", {}, stride=2).metrics["notes"])
+    assert not any("Camera / phone photo" in n for n in app.run(str(rgb_png), "none", {}).metrics["notes"])  # no EXIF
+    assert not any("Camera / phone photo" in n for n in app.run(str(jpg), "gaussian", {"sigma": 10}).metrics["notes"])  # lab
+    assert app.camera_make(None) is None and app.camera_make(b"not an exif block") is None
