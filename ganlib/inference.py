@@ -481,17 +481,13 @@ def _pixel_shuffled(model: Generator, image: ImageData, sigma: float | torch.Ten
     summaries = []
     subs = [(i, j) for i in range(stride) for j in range(stride)]
     for n, (i, j) in enumerate(subs):
-        def report(done: int, total: int, n: int = n) -> None:
-            if progress:
-                progress(n * total + done, len(subs) * total)
-
         sub = x[..., i::stride, j::stride]
         if given is None:
             sub_map, summary = blind(sub, None if alpha is None else alpha[..., i::stride, j::stride])
         else:
             sub_map = given[..., i::stride, j::stride]
             summary = float(sub_map.mean())
-        out[..., i::stride, j::stride] = denoise(model, sub, sub_map, progress=report, **kwargs)
+        out[..., i::stride, j::stride] = denoise(model, sub, sub_map, progress=_pass(progress, n, len(subs)), **kwargs)
         smap[..., i::stride, j::stride] = sub_map
         summaries.append(summary)
     summary = float(np.mean(summaries))
