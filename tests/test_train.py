@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from ganlib.models import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
+from ganlib.models import Discriminator, Generator
 from train import train as trainer
 from train.data import CropDataset, NoiseConfig, list_images, split
 
