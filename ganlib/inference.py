@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .impulse import EXTREME, MIN_FRACTION, impulse_fraction, impulse_mask, may_have_impulses, refine_sigma, remove_impulses, spread_tiles
+from .impulse import EXTREME, MIN_FRACTION, impulse_fraction, impulse_mask, may_have_impulses, refine_sigma, remove_impulses, spread_tiles, whole_pixel_share
 from .models import Generator, NoiseEstimator
 
 if TYPE_CHECKING:  # runtime imports stay lazy: hub and images are not needed to denoise tensors
@@ -393,7 +393,7 @@ def restore(
     if use_impulses:
         if cleaned is None:
             cleaned = remove_impulses(pixels, mask)
-        smap = torch.full((1, 1, h, w), refine_sigma(fraction)) if sigma is None else _as_map(sigma, h, w)
+        smap = torch.full((1, 1, h, w), refine_sigma(whole_pixel_share(mask))) if sigma is None else _as_map(sigma, h, w)
         refined = denoise(model, cleaned, smap, tile=tile, overlap=overlap, progress=progress, precision=precision, ensemble=ensemble)
         if refined.shape[1] != cleaned.shape[1]:
             refined = refined.mean(1, keepdim=True) if cleaned.shape[1] == 1 else refined.expand_as(cleaned)

@@ -172,11 +172,11 @@ def informed_noise_map(clean: torch.Tensor, kind: str, **params: float | None) -
 
     For salt & pepper the impulses are removed first by a switching median (`ganlib.impulse`) and the
     network only refines the pixels it replaced: the map is then the strength of that refinement
-    (`ganlib.impulse.refine_sigma` of the amount)."""
+    (`ganlib.impulse.refine_sigma`: per-channel or whole-pixel impulses)."""
     if kind == "salt_pepper":
         from .impulse import refine_sigma
 
         p = _params(kind, params)
         _check_image(clean)
-        return torch.full((*clean.shape[:-3], 1, *clean.shape[-2:]), refine_sigma(p["amount"]), dtype=torch.float32)
+        return torch.full((*clean.shape[:-3], 1, *clean.shape[-2:]), refine_sigma(1.0 if p["whole_pixel"] or clean.shape[-3] == 1 else 0.0), dtype=torch.float32)
     return noise_std_map(clean, kind, **params) * 255.0

@@ -169,5 +169,19 @@ def test_spread_tiles_and_the_extremes_precheck() -> None:
     noisy = add_noise(clean, "salt_pepper", seed=0, amount=0.01, quantize=True)
     assert not may_have_impulses(clean) and may_have_impulses(noisy) and may_have_impulses(noisy, rows=7)
     assert not may_have_impulses(noisy, min_fraction=0.02)
-    assert refine_sigma(0.05) == pytest.approx(2.0) and refine_sigma(0.5) == 10.0
-    assert float(informed_noise_map(clean, "salt_pepper", amount=0.05).mean()) == pytest.approx(refine_sigma(0.05))
+    assert refine_sigma(0.0) == 12.0 and refine_sigma(1.0) == 20.0 and refine_sigma(0.5) == pytest.approx(16.0)
+    with pytest.raises(ValueError, match="whole_share"):
+        refine_sigma(1.5)
+    assert float(informed_noise_map(clean, "salt_pepper", amount=0.05).mean()) == pytest.approx(12.0)
+    assert float(informed_noise_map(clean, "salt_pepper", amount=0.05, whole_pixel=True).mean()) == pytest.approx(20.0)
+    assert float(informed_noise_map(clean[:, :1], "salt_pepper", amount=0.05).mean()) == pytest.approx(20.0)
+
+
+def test_whole_pixel_share_tells_whole_pixel_impulses_from_per_channel_ones() -> None:
+    from ganlib.impulse import impulse_mask, whole_pixel_share
+
+    clean = textured()
+    per_channel = impulse_mask(add_noise(clean, "salt_pepper", seed=0, amount=0.05, quantize=True))
+    whole = impulse_mask(add_noise(clean, "salt_pepper", seed=0, amount=0.05, whole_pixel=True, quantize=True))
+    assert whole_pixel_share(per_channel) < 0.05 and whole_pixel_share(whole) > 0.95
+    assert whole_pixel_share(torch.zeros_like(whole)) == 0.0
