@@ -345,3 +345,26 @@ def test_realism_progress_counts_both_passes_once():
     restore(weights, ImageData(pixels=noisy_image(64, 64)), sigma=20.0, realism=0.5, tile=32, overlap=8, impulses=False,
             progress=lambda d, t: calls.append((d, t)))
     assert len({t for _, t in calls}) == 1 and [d for d, _ in calls] == list(range(1, calls[0][1] + 1))
+
+
+def test_keep_brightness_takes_back_unexplained_shifts_only() -> None:
+    from ganlib.inference import BRIGHTNESS_SLACK, keep_brightness
+
+    gen = torch.Generator().manual_seed(0)
+    clean = 0.3 + 0.4 * torch.rand(1, 3, 64, 80, generator=gen)
+    moved = (clean + 5 / 255).clamp(0, 1)  # a denoiser that brightened a clean image by 5 levels
+    kept = keep_brightness(clean, moved.clone(), 100.0)
+    shift = (kept.mean((2, 3)) - clean.mean((2, 3))) * 255
+    assert torch.allclose(shift, torch.full_like(shift, BRIGHTNESS_SLACK), atol=0.01)
+    # Dark photo + clipped Gaussian 50: the noisy mean is raised by clipping (by more than 10 levels),
+    # and the clean result's lower mean is explained by it, so it is left alone.
+    dark = torch.full((1, 3, 64, 80), 10 / 255)
+    noisy = (dark + 50 / 255 * torch.randn(dark.shape, generator=gen)).clamp(0, 1)
+    assert float(noisy.mean() - dark.mean()) * 255 > 10
+    assert torch.equal(keep_brightness(noisy, dark.clone(), 50.0), dark)
+    # ... but not when the strength claimed is far above the image's own noise: a clean saturated area.
+    sky = torch.ones(1, 3, 64, 80)
+    sky[..., 32:, :] = 0.5
+    darker = (sky - 4 / 255).clamp(0, 1)
+    shift = (keep_brightness(sky, darker.clone(), 100.0).mean((2, 3)) - sky.mean((2, 3))) * 255
+    assert float(shift.abs().max()) <= BRIGHTNESS_SLACK + 0.05
