@@ -229,7 +229,12 @@ def test_estimate_sigma_with_an_estimator_tiles_and_channels():
     calls.clear()
     estimate_sigma(x, est, tile=32, max_tiles=1)
     assert len(calls) == 1
-    assert estimate_sigma(x.mean(dim=1, keepdim=True), constant_estimator(12.0)) == pytest.approx(12.0, rel=1e-4)  # gray input
+    from ganlib.inference import GRAY_LEVEL_SCALE
+
+    gray = x.mean(dim=1, keepdim=True)  # gray input, 1 channel or R = G = B: the estimator's gray bias taken out
+    assert estimate_sigma(gray, constant_estimator(12.0)) == pytest.approx(12.0 * GRAY_LEVEL_SCALE, rel=1e-4)
+    assert estimate_sigma(gray.expand(-1, 3, -1, -1), constant_estimator(12.0)) == pytest.approx(12.0 * GRAY_LEVEL_SCALE, rel=1e-4)
+    assert estimate_sigma(x, constant_estimator(12.0)) == pytest.approx(12.0, rel=1e-4)  # colour: as read
     with pytest.raises(ValueError, match="tile must be >= 8 and max_tiles >= 1"):
         estimate_sigma(x, est, max_tiles=0)
 
