@@ -571,3 +571,32 @@ def test_mixture_gray_real_and_overstated_samples() -> None:
     over_cfg = NoiseConfig(mix={"gaussian": 1.0}, sigma=(10.0, 10.0), over_prob=1.0, over_scale=2.0, over_add=40.0)
     levels = [float(sample_noise(clean, over_cfg, torch.Generator().manual_seed(s))[2].mean()) * 255 for s in range(20)]
     assert min(levels) >= 10 - 1e-4 and max(levels) > 20  # the map overstates the noise, never understates it
+
+
+def test_soup_averages_two_generators_weight_by_weight(tmp_path: Path) -> None:
+    from ganlib.models import GeneratorConfig
+    from train import export
+    from train.soup import main as soup_main
+    from train.soup import soup
+
+    cfg = GeneratorConfig(widths=[8, 16], blocks=[1, 1])
+    torch.manual_seed(0)
+    a, b = Generator(cfg), Generator(cfg)
+    for p in b.parameters():
+        p.data.add_(0.5)
+    half = soup(a, b, 0.5).state_dict()
+    sa, sb = a.state_dict(), b.state_dict()
+    assert all(torch.allclose(half[k], (sa[k] + sb[k]) / 2) for k in sa if sa[k].is_floating_point())
+    assert all(torch.equal(soup(a, b, 0.0).state_dict()[k], sa[k]) for k in sa)
+    with pytest.raises(ValueError, match="weight"):
+        soup(a, b, 1.5)
+    with pytest.raises(ValueError, match="differ"):
+        soup(a, Generator(GeneratorConfig(widths=[8, 16], blocks=[1, 2])), 0.5)
+    a.save_pretrained(tmp_path / "a")
+    b.save_pretrained(tmp_path / "b")
+    out = soup_main([str(tmp_path / "a"), str(tmp_path / "b"), "--weight", "0.25", "--output-dir", str(tmp_path / "s")])
+    loaded = Generator.from_pretrained(out).state_dict()
+    assert all(torch.allclose(loaded[k], 0.75 * sa[k] + 0.25 * sb[k]) for k in sa if sa[k].is_floating_point())
+    history = json.loads((out / "training.json").read_text())
+    assert history[-1]["stage"] == "soup" and history[-1]["weight"] == 0.25
+    assert "weight average: 0.75 x" in export._run_line(history[-1])

@@ -100,6 +100,8 @@ def this_run(cfg, *, steps: int, seconds: float) -> dict:
 def _run_line(run: dict) -> str:
     if run.get("stage") == "unrecorded":
         return f"  - weights from `{run['init']}` (their training was not recorded)"
+    if run.get("stage") == "soup":
+        return f"  - weight average: {1 - run['weight']:g} x `{run['a']}` + {run['weight']:g} x `{run['b']}` (`train/soup.py`)"
     return (f"  - {run['stage']}: {run['steps']} steps of batch {run['batch']}, {run['crop']}x{run['crop']} crops, "
             f"peak lr {run['lr']:g}, {run['hours']:.2f} hours on {run['device']}")
 
