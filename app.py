@@ -686,7 +686,7 @@ def _run(image, noise_kind, noise_params, seed, strength, realism, progress, ens
             stages.start("views", "Comparing realism 0 on a textured crop")
             files["realism"] = view / f"{stem}_realism.png"
             captions["realism"] = realism_view(weights, source.pixels, denoised.pixels, restored.noise_map, realism, files["realism"],
-                                               shuffled)
+                                               shuffled, impulses=restored.impulses)
         stages.start("write", "Writing lossless PNGs")
         for key, fut in pending.items():
             files[key] = fut.result()
@@ -707,9 +707,10 @@ REALISM_HINT = "Set **realism** above 0 and denoise: this tab then shows a textu
 
 
 def realism_view(weights: Weights, noisy: torch.Tensor, denoised: torch.Tensor, noise_map: torch.Tensor, realism: float,
-                 path: Path, stride: int = 1) -> str:
+                 path: Path, stride: int = 1, *, impulses: bool = False) -> str:
     """Side by side at 200%, the most textured REALISM_CROP window: realism 0 (computed here on that window
-    plus a margin, with the same map and pixel-shuffle `stride` as the result) | the result at `realism`.
+    plus a margin, with the same map and pixel-shuffle `stride` as the result; `impulses`: the result's
+    salt & pepper was removed first, so it is here too) | the result at `realism`.
     Writes the PNG to `path`, returns its caption."""
     h, w = denoised.shape[-2:]
     side = min(REALISM_CROP, h, w)
@@ -718,7 +719,7 @@ def realism_view(weights: Weights, noisy: torch.Tensor, denoised: torch.Tensor, 
     y0, x0, y1, x1 = max(0, y - m), max(0, x - m), min(h, y + side + m), min(w, x + side + m)
     # every stride-th pixel of the window is every stride-th pixel of the photo: the same sub-images, cropped
     base = restore(weights, ImageData(pixels=noisy[..., y0:y1, x0:x1]), sigma=noise_map[..., y0:y1, x0:x1].float(),
-                   impulses=False, realism=0.0, tile=None, precision=PRECISION, stride=stride).image.pixels
+                   impulses=impulses, realism=0.0, tile=None, precision=PRECISION, stride=stride).image.pixels
     a = base[..., y - y0 : y - y0 + side, x - x0 : x - x0 + side]
     b = denoised[..., y : y + side, x : x + side].float()
     pair = torch.nn.functional.interpolate(torch.cat([a, torch.ones_like(a[..., :4]), b], -1), scale_factor=2, mode="nearest")

@@ -740,6 +740,22 @@ def test_realism_crop_uses_the_same_stride(app, tmp_path, monkeypatch):
     assert calls == [(0.5, 2), (0.0, 2)] and "realism" in res.files
 
 
+def test_realism_crop_of_a_salt_and_pepper_photo_has_its_impulses_removed(app, rgb_png, monkeypatch):
+    """The realism-0 crop of a salt & pepper result goes through the same impulse removal as the result."""
+    calls = []
+    real = app.restore
+    monkeypatch.setattr(app, "restore", lambda *a, **k: calls.append((k["realism"], k["impulses"])) or real(*a, **k))
+    res = app.run(str(rgb_png), "salt_pepper", {"amount": 0.1}, seed=0, realism=1.0)
+    assert calls[-1] == (0.0, True) and "realism" in res.files
+    crop = np.asarray(Image.open(res.files["realism"]).convert("RGB"))[20:, : crop_width(res, app)]
+    assert ((crop == 0) | (crop == 255)).mean() < 0.01  # no impulses left in the realism-0 half (10% were)
+
+
+def crop_width(res, app) -> int:
+    """Width at 200% of one half of the realism tab's comparison."""
+    return 2 * min(app.REALISM_CROP, res.metrics["width"], res.metrics["height"])
+
+
 def test_tile_clock_leaves_the_sub_image_estimates_out_of_the_network(app, monkeypatch):
     """Pixel-shuffled, restore() estimates each sub-image just before denoising it: those pauses are not tiles."""
     from types import SimpleNamespace
