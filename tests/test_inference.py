@@ -333,7 +333,7 @@ def test_frequency_separation_takes_texture_from_one_and_tone_from_the_other():
     base = smooth(48, 56)
     checker = ((torch.arange(48)[:, None] + torch.arange(56)[None, :]) % 2 * 2 - 1.0) * 0.05  # finest texture
     textured = (base + 6 / 255 + checker).clamp(0, 1)  # + a brightness shift of 6 levels
-    out = frequency_separation(textured, base)
+    out = frequency_separation(textured, base, gate=None)
     assert out.shape == base.shape and 0 <= out.min() and out.max() <= 1
     assert abs(float((out - base).mean()) * 255) < 0.1  # the shift is gone ...
     kept = out - base
@@ -342,6 +342,24 @@ def test_frequency_separation_takes_texture_from_one_and_tone_from_the_other():
     assert torch.allclose(frequency_separation(noise, noise), noise)  # the same image: unchanged
     with pytest.raises(ValueError, match="same shape"):
         frequency_separation(base, base[..., :40, :])
+
+
+def test_texture_gate_keeps_the_gan_texture_on_detail_and_off_flat_areas():
+    from ganlib.inference import texture_gate
+
+    g = torch.Generator().manual_seed(0)
+    base = torch.full((1, 3, 48, 96), 0.5)
+    base[..., 48:] += 0.1 * torch.rand(1, 3, 48, 48, generator=g)  # right half: detail; left half: flat
+    grain = ((torch.arange(48)[:, None] + torch.arange(96)[None, :]) % 2 * 2 - 1.0) * 0.03
+    out = frequency_separation((base + grain).clamp(0, 1), base)
+    kept = (out - base)[..., 4:-4, :]
+    left, right = kept[..., 4:36].abs().mean(), kept[..., 60:-4].abs().mean()
+    assert float(left) < 1e-4 and float(right) > 0.8 * 0.03 * 0.9  # no grain on flat, (nearly) all on detail
+    w = texture_gate(base)
+    assert w.shape == (1, 1, 48, 96) and 0 <= float(w.min()) and float(w.max()) <= 1
+    assert float(texture_gate(base, tau=1000.0).max()) < 0.1  # a high tau: barely any texture
+    with pytest.raises(ValueError, match="tau"):
+        texture_gate(base, tau=0)
 
 
 def test_realism_progress_counts_both_passes_once():
