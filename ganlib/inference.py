@@ -85,28 +85,14 @@ GRAY_LEVEL_SCALE = 0.9
 NLF_MIN_BLOCKS = 32  # blocks a bin needs to stand on its own; sparser bins lean on the overall level
 
 
-# Fine texture reads as noise to the estimator, most of all where there is little noise: below a mean
-# block estimate of 10 (0-255) each brightness bin takes the 30th percentile of its blocks (the flatter
-# ones) instead of their mean, above 20 the mean, in between a blend. Measured on 16 held-back training
-# crops: clean photos 47.1 -> 53.5 dB, low-ISO camera noise +1.1 dB, camera noise over ISO 100-12800
-# +0.6, Gaussian 5 +0.2; Gaussian 15-50, Poisson, speckle and the demo's camera preset within 0.05.
-FLAT_QUANTILE = 0.3
-LOW_NOISE = (10.0, 20.0)
-
-
-def _nlf_curve(bright: torch.Tensor, level: torch.Tensor, sigma: float, q: float | None = None) -> torch.Tensor:
-    """Noise level (0-1 scale) in each of NLF_BINS brightness bins: the mean (or the q-quantile) of the
-    bin's block estimates, pulled towards the overall level `sigma` in proportion to how few blocks the
-    bin has."""
+def _nlf_curve(bright: torch.Tensor, level: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Noise level (0-1 scale) in each of NLF_BINS brightness bins: the mean block estimate of the bin,
+    pulled towards the overall level `sigma` in proportion to how few blocks the bin has."""
     bins = (bright * NLF_BINS).long().clamp(max=NLF_BINS - 1)
     count = torch.bincount(bins, minlength=NLF_BINS).double()
-    if q is None:
-        value = torch.bincount(bins, weights=level.double(), minlength=NLF_BINS) / count.clamp_min(1)
-    else:
-        value = torch.tensor([float(torch.quantile(level[bins == b].double(), q)) if count[b] else 0.0
-                              for b in range(NLF_BINS)], dtype=torch.float64)
+    total = torch.bincount(bins, weights=level.double(), minlength=NLF_BINS)
     trust = count / (count + NLF_MIN_BLOCKS)
-    return (trust * value + (1 - trust) * sigma).float()
+    return (trust * total / count.clamp_min(1) + (1 - trust) * sigma).float()
 
 
 @torch.no_grad()
@@ -119,14 +105,12 @@ def estimate_noise_map(image: torch.Tensor, estimator: NoiseEstimator, *, tile: 
     2. Blocks that say nothing about the noise are left out: transparent ones (mean alpha < 0.5),
        exactly flat ones (no variation at all: a clean border or background) and saturated ones
        (half their values at 0 or 1, where clipping hides the noise). The summary is the mean over
-       the remaining blocks (0 when none remains: a flat or tiny image is noise-free); below 10 it
-       moves to their 30th percentile, as the curve does (see 3).
+       the remaining blocks (0 when none remains: a flat or tiny image is noise-free).
     3. The map is a noise-level function of local brightness (as camera noise is modelled:
        Foi et al. 2008, "Practical Poissonian-Gaussian noise modeling and fitting for single-image
-       raw-data"): the mean block estimate in 16 brightness bins (below a mean level of 10 their 30th
-       percentile, the flatter blocks, blended into the mean up to 20: `FLAT_QUANTILE`), each bin pulled
-       towards the summary in proportion to how few blocks it has, applied to the image's 4x4-block
-       brightness. Constant for Gaussian noise, rising with brightness for Poisson, speckle and camera noise; far less noisy
+       raw-data"): the mean block estimate in 16 brightness bins, each bin pulled towards the summary
+       in proportion to how few blocks it has, applied to the image's 4x4-block brightness. Constant
+       for Gaussian noise, rising with brightness for Poisson, speckle and camera noise; far less noisy
        than the raw per-block estimates (measured: a second pass reading the brightness off a first
        denoised result gains under 0.05 dB, so there is none).
     A gray image (1 channel, or R = G = B) has its block estimates scaled by GRAY_LEVEL_SCALE.
@@ -170,14 +154,8 @@ def estimate_noise_map(image: torch.Tensor, estimator: NoiseEstimator, *, tile: 
         level = level * GRAY_LEVEL_SCALE
     if level.numel() == 0:
         return torch.zeros(1, 1, h, w), 0.0
-    bright = torch.cat(brightness).clamp(0, 1)
     sigma = float(level.double().mean()) * 255.0
-    curve = _nlf_curve(bright, level, sigma / 255.0)
-    low = min(1.0, max(0.0, (LOW_NOISE[1] - sigma) / (LOW_NOISE[1] - LOW_NOISE[0])))
-    if low > 0:  # little noise: the flatter blocks of each bin (see FLAT_QUANTILE)
-        flat = float(torch.quantile(level.double(), FLAT_QUANTILE)) * 255.0
-        curve = low * _nlf_curve(bright, level, flat / 255.0, FLAT_QUANTILE) + (1 - low) * curve
-        sigma = low * flat + (1 - low) * sigma
+    curve = _nlf_curve(torch.cat(brightness).clamp(0, 1), level, sigma / 255.0)
     local = F.avg_pool2d(x.mean(1, keepdim=True), 4, ceil_mode=True)
     local = F.avg_pool2d(F.pad(local, (1, 1, 1, 1), mode="replicate"), 3, stride=1)  # brightness, not its noise
     local = local.clamp(0, 1) * NLF_BINS - 0.5

@@ -391,36 +391,3 @@ def test_keep_brightness_takes_back_unexplained_shifts_only() -> None:
     darker = (sky - 4 / 255).clamp(0, 1)
     shift = (keep_brightness(sky, darker.clone(), 100.0).mean((2, 3)) - sky.mean((2, 3))) * 255
     assert float(shift.abs().max()) <= BRIGHTNESS_SLACK + 0.05
-
-
-class _SplitEstimator(torch.nn.Module):
-    """Reads `left` (0-255) on the left `share` of the width and `right` on the rest: a photo whose
-    right part is fine texture that the estimator takes for noise."""
-
-    def __init__(self, left: float, right: float, share: float) -> None:
-        super().__init__()
-        from types import SimpleNamespace
-
-        self.config = SimpleNamespace(channels=3)
-        self.dummy = torch.nn.Parameter(torch.zeros(()))
-        self.left, self.right, self.share = left, right, share
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = torch.full((x.shape[0], 1, *x.shape[-2:]), self.left / 255)
-        out[..., round(self.share * x.shape[-1]) :] = self.right / 255
-        return out
-
-
-def test_low_readings_take_the_flatter_blocks_high_readings_the_mean():
-    """Below a mean reading of 10 the estimate moves to the 30th percentile of the blocks (fine texture
-    read as noise is left out), above 20 it is the plain mean (a noisy photo keeps its level)."""
-    from ganlib.inference import FLAT_QUANTILE, LOW_NOISE
-
-    assert FLAT_QUANTILE < 0.5 and LOW_NOISE[0] < LOW_NOISE[1]
-    image = noisy_image(64, 160)  # mean 0.7 x 2 + 0.3 x 30 = 10.4 -> 96% of the way to the flat blocks' 2
-    _, textured = estimate_noise_map(image, _SplitEstimator(2.0, 30.0, 0.7))
-    assert textured == pytest.approx(0.96 * 2.0 + 0.04 * 10.4, abs=0.3)
-    _, noisy = estimate_noise_map(image, _SplitEstimator(2.0, 40.0, 0.5))  # mean 21: the mean
-    assert noisy == pytest.approx(21.0, abs=0.5)
-    _, even = estimate_noise_map(image, _SplitEstimator(6.0, 6.0, 0.5))  # uniform: every statistic agrees
-    assert even == pytest.approx(6.0, abs=0.01)
