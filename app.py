@@ -732,7 +732,8 @@ def realism_view(weights: Weights, noisy: torch.Tensor, denoised: torch.Tensor, 
     canvas.save(path, compress_level=PNG_LEVEL)
     diff = float((a - b).abs().mean()) * 255
     return (f"**Realism {realism:g} against 0** on the most textured {side}x{side} window (x={x}, y={y}), at 200%: "
-            f"mean difference {diff:.2f} levels. Realism 1 is the GAN stage; in between, the two networks' weights are blended.")
+            f"mean difference {diff:.2f} levels. Realism 1 is the GAN stage; in between, the two networks' weights are blended. "
+            "The GAN's texture goes only where the photo has detail: flat areas (sky, skin, walls) stay smooth.")
 
 
 def _write_views(folder: Path, stem: str, noisy: torch.Tensor, denoised: torch.Tensor, noise_map: torch.Tensor,
