@@ -524,17 +524,22 @@ def _check_settings(noise_kind: str, seed: Any, strength: Any, realism: Any) -> 
 
 
 def camera_make(exif: bytes | None) -> str | None:
-    """The camera named in a photo's EXIF block (Make and Model, tags 271 and 272), or None: a hint that
-    its noise is a camera's, blotchy after in-camera processing (the demo then points to the camera option)."""
+    """The camera named in a photo's EXIF block (Make and Model, tags 271 and 272, with the ISO of the
+    shot when the Exif sub-IFD gives it, tag 34855), or None: a hint that its noise is a camera's,
+    blotchy after in-camera processing (the demo then points to the camera option)."""
     if not exif:
         return None
     try:
         tags = Image.Exif()
         tags.load(exif)
-        name = " ".join(str(tags.get(t, "")).strip("\x00 ") for t in (271, 272)).strip()
+        name = " ".join(str(tags.get(t, "")).strip("\x00 ") for t in (271, 272)).strip()[:60]
+        iso = tags.get_ifd(0x8769).get(34855)
+        iso = iso[0] if isinstance(iso, tuple) and iso else iso
     except Exception:  # a damaged EXIF block is no reason to fail a denoising
         return None
-    return name[:60] or None
+    if not name:
+        return None
+    return f"{name}, ISO {int(iso)}" if isinstance(iso, (int, float)) and iso > 0 else name
 
 
 def _check_stride(stride: Any) -> int:

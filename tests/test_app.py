@@ -793,7 +793,11 @@ def test_camera_photo_hint_from_exif(app, tmp_path, rgb_png):
     jpg = tmp_path / "cam.jpg"
     Image.open(rgb_png).convert("RGB").save(jpg, quality=90, exif=exif)
     hint = [n for n in app.run(str(jpg), "none", {}).metrics["notes"] if "Camera / phone photo" in n]
-    assert len(hint) == 1 and "ACME X100" in hint[0]
+    assert len(hint) == 1 and "ACME X100" in hint[0] and "ISO" not in hint[0]
+    exif.get_ifd(0x8769)[34855] = 3200  # the shot's ISO, in the Exif sub-IFD
+    Image.open(rgb_png).convert("RGB").save(tmp_path / "iso.jpg", quality=90, exif=exif)
+    hint = [n for n in app.run(str(tmp_path / "iso.jpg"), "none", {}).metrics["notes"] if "Camera / phone photo" in n]
+    assert len(hint) == 1 and "ACME X100, ISO 3200" in hint[0]
     assert not any("Camera / phone photo" in n for n in app.run(str(jpg), "none", {}, stride=2).metrics["notes"])
     assert not any("Camera / phone photo" in n for n in app.run(str(rgb_png), "none", {}).metrics["notes"])  # no EXIF
     assert not any("Camera / phone photo" in n for n in app.run(str(jpg), "gaussian", {"sigma": 10}).metrics["notes"])  # lab
