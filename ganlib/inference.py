@@ -502,7 +502,7 @@ def texture_gate(base: torch.Tensor, tau: float = REALISM_GATE) -> torch.Tensor:
     Raises ValueError when tau is not above 0."""
     if not tau > 0:
         raise ValueError(f"tau must be above 0, got {tau!r}")
-    activity = (base.float() - gaussian_blur(base.float(), 1.0)).abs().mean(1, keepdim=True)
+    activity = (base.float() - gaussian_blur(base.float(), 1.0)).abs_().mean(1, keepdim=True)
     return (gaussian_blur(activity, 3.0) * (255.0 / tau)).clamp_(0, 1)
 
 
