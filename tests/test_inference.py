@@ -374,11 +374,14 @@ def test_keep_brightness_takes_back_unexplained_shifts_only() -> None:
     from ganlib.inference import BRIGHTNESS_SLACK, keep_brightness
 
     gen = torch.Generator().manual_seed(0)
-    clean = 0.3 + 0.4 * torch.rand(1, 3, 64, 80, generator=gen)
+    clean = smooth(64, 80)
     moved = (clean + 5 / 255).clamp(0, 1)  # a denoiser that brightened a clean image by 5 levels
     kept = keep_brightness(clean, moved.clone(), 100.0)
     shift = (kept.mean((2, 3)) - clean.mean((2, 3))) * 255
     assert torch.allclose(shift, torch.full_like(shift, BRIGHTNESS_SLACK), atol=0.01)
+    # A strength within OVERSTATED times the image's own noise (noise that JPEG partly hid): left alone.
+    grainy = (clean + 10 / 255 * torch.randn(clean.shape, generator=gen)).clamp(0, 1)
+    assert torch.equal(keep_brightness(grainy, moved.clone(), 30.0), moved)
     # Dark photo + clipped Gaussian 50: the noisy mean is raised by clipping (by more than 10 levels),
     # and the clean result's lower mean is explained by it, so it is left alone.
     dark = torch.full((1, 3, 64, 80), 10 / 255)
