@@ -434,38 +434,47 @@ class _Stages:
 
 class _TileClock:
     """ganlib's progress(done, total) -> the page's progress ('Denoising tile 3/8', with the x8 ensemble
-    'Denoising view 2/8, tile 1/1', pixel-shuffled 'Denoising sub-image 2/4, tile 3/5'), timing the tiles:
-    the network's own time is its pace between tiles times the number of tiles; the rest of restore()
-    (noise estimate, impulse check) is what came before the first tile and, pixel-shuffled, between the
-    sub-images (each is estimated just before it is denoised), so those steps do not count in the pace."""
+    'Denoising view 2/8, tile 1/1', pixel-shuffled 'Denoising sub-image 2/4, tile 3/5', with realism
+    above 0 'Denoising pass 1/2 (texture), tile 3/8'), timing the tiles: the network's own time is its
+    pace between tiles times the number of tiles; the rest of restore() (noise estimate, impulse check)
+    is what came before the first tile and, pixel-shuffled or in the second realism pass, between the
+    sub-images and passes (each sub-image is estimated just before it is denoised), so those steps do
+    not count in the pace. passes: 2 when restore() runs the texture and the tone pass (realism above 0,
+    no impulse noise), else 1."""
 
-    def __init__(self, progress: Any, ensemble: bool, stride: int = 1) -> None:
-        self.progress, self.ensemble, self.parts = progress, ensemble, stride * stride
+    PASS_NAMES = ("texture", "tone")
+
+    def __init__(self, progress: Any, ensemble: bool, stride: int = 1, passes: int = 1) -> None:
+        self.progress, self.ensemble, self.parts, self.passes = progress, ensemble, stride * stride, passes
         self.first = self.last = 0.0
         self.calls = 0
-        self.gaps, self.crossings = 0.0, 0  # time and count of the steps from one sub-image to the next
-        self._part = 0
+        self.gaps, self.crossings = 0.0, 0  # time and count of the steps from one sub-image or pass to the next
+        self._part = (0, 0)
 
     def __call__(self, done: int, total: int) -> None:
         now = time.perf_counter()
-        parts = self.parts if total % self.parts == 0 else 1
-        per = total // parts
+        passes = self.passes if total % self.passes == 0 else 1
+        span = total // passes
+        pass_, done = (done - 1) // span, (done - 1) % span + 1  # within the pass
+        parts = self.parts if span % self.parts == 0 else 1
+        per = span // parts
         part, done, total = (done - 1) // per, (done - 1) % per + 1, per  # within the sub-image
-        if self.calls and part != self._part:
+        if self.calls and (pass_, part) != self._part:
             self.gaps, self.crossings = self.gaps + now - self.last, self.crossings + 1
-        self._part = part
+        self._part = (pass_, part)
         self.first = self.first or now
         self.last, self.calls = now, self.calls + 1
         if self.progress is None:
             return
-        where = f"sub-image {part + 1}/{parts}, " if parts > 1 else ""
+        where = f"pass {pass_ + 1}/{passes} ({self.PASS_NAMES[pass_ % 2]}), " if passes > 1 else ""
+        where += f"sub-image {part + 1}/{parts}, " if parts > 1 else ""
         if self.ensemble and total % 8 == 0:
             tiles = total // 8
             view, tile = (done - 1) // tiles + 1, (done - 1) % tiles + 1
             desc = f"Denoising {where}view {view}/8, tile {tile}/{tiles}"
         else:
             desc = f"Denoising {where}tile {done}/{total}"
-        self.progress((part * per + done, parts * per), desc=desc, unit="tiles")
+        self.progress((pass_ * span + part * per + done, passes * span), desc=desc, unit="tiles")
 
     def network_seconds(self, restore_seconds: float) -> float:
         """The network's share of `restore_seconds` (all of it when no two tiles ran back to back)."""
@@ -615,7 +624,7 @@ def _run(image, noise_kind, noise_params, seed, strength, realism, progress, ens
                     stages.start("estimate", "Estimating the noise level")
                     sigma, estimated_here = _blind_map(weights, source), True
         stages.start("network", "Estimating the noise level" if sigma is None else "Denoising")
-        clock = _TileClock(progress, ensemble, stride)
+        clock = _TileClock(progress, ensemble, stride, passes=2 if realism > 0 and impulses is False else 1)
         try:
             restored = _run_network(weights, source, sigma, realism, clock, ensemble, impulses, stride)
         except torch.OutOfMemoryError:

@@ -770,6 +770,24 @@ def test_tile_clock_leaves_the_sub_image_estimates_out_of_the_network(app, monke
     assert seen[2] == ((3, 8), "Denoising sub-image 2/4, tile 1/2") and seen[-1] == ((8, 8), "Denoising sub-image 4/4, tile 2/2")
 
 
+def test_tile_clock_names_the_two_realism_passes(app, monkeypatch):
+    """Realism above 0 at stride 2: restore() reports 2 passes x 4 sub-images x 2 tiles as one count."""
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(app, "time", SimpleNamespace(perf_counter=lambda: 1.0))
+    seen = []
+    clock = app._TileClock(lambda value, desc=None, **k: seen.append((value, desc)), False, stride=2, passes=2)
+    for done in range(1, 17):
+        clock(done, 16)
+    assert seen[0] == ((1, 16), "Denoising pass 1/2 (texture), sub-image 1/4, tile 1/2")
+    assert seen[9] == ((10, 16), "Denoising pass 2/2 (tone), sub-image 1/4, tile 2/2")
+    assert seen[-1] == ((16, 16), "Denoising pass 2/2 (tone), sub-image 4/4, tile 2/2")
+    assert clock.crossings == 7  # 3 sub-image steps in each pass and the step between the passes
+    one = []
+    app._TileClock(lambda value, desc=None, **k: one.append(desc), False, passes=2)(3, 5)  # an odd count: one pass
+    assert one == ["Denoising tile 3/5"]
+
+
 def test_api_stride_parameter(server, tmp_path):
     from gradio_client import Client, handle_file
 
