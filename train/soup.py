@@ -16,8 +16,7 @@ import json
 import logging
 from pathlib import Path
 
-import torch
-
+from ganlib.hub import Weights
 from ganlib.models import Generator
 
 from .export import training_history
@@ -26,19 +25,15 @@ log = logging.getLogger(__name__)
 
 
 def soup(a: Generator, b: Generator, weight: float) -> Generator:
-    """(1 - weight) * a + weight * b, parameter by parameter (buffers too; integer buffers from a).
+    """(1 - weight) * a + weight * b, parameter by parameter (buffers too; integer buffers from a): the
+    network interpolation that `Weights.generator(realism)` does between the fidelity and GAN stages.
 
     Raises ValueError when weight is outside [0, 1] or the two configs differ."""
     if not 0.0 <= weight <= 1.0:
         raise ValueError(f"weight must be in [0, 1], got {weight!r}")
     if a.config != b.config:
         raise ValueError(f"the two generators differ: {a.config} against {b.config}")
-    out = Generator(a.config)
-    sb = b.state_dict()
-    mixed = {k: torch.lerp(v.float(), sb[k].float(), weight).to(v.dtype) if v.is_floating_point() else v
-             for k, v in a.state_dict().items()}
-    out.load_state_dict(mixed)
-    return out.eval()
+    return Weights(fidelity=a, gan=b).generator(weight)
 
 
 def main(argv: list[str] | None = None) -> Path:
