@@ -78,6 +78,11 @@ def estimate_sigma(image: torch.Tensor, estimator: NoiseEstimator | None = None,
     return max(sigma, 0.0) * 255.0 if np.isfinite(sigma) else 0.0  # flat images give NaN: no noise
 
 
+def _gray_as_rgb(x: torch.Tensor) -> bool:
+    """Whether a (N,C,H,W) image is a gray one stored as RGB: 3 channels, R = G = B exactly."""
+    return x.shape[1] == 3 and torch.equal(x[:, 0], x[:, 1]) and torch.equal(x[:, 1], x[:, 2])
+
+
 NLF_BINS = 16  # intensity bins of the noise-level function
 # The estimator reads channel-identical (gray) noise 12-15% high (Gaussian 15/25/50 on 12 CBSD432 and
 # 10 Sun80 training photos made gray); scaled by 0.9 the automatic strength gains 0.01-0.48 dB there.
@@ -124,7 +129,7 @@ def estimate_noise_map(image: torch.Tensor, estimator: NoiseEstimator, *, tile: 
     if alpha is not None and tuple(alpha.shape) != (1, 1, h, w):
         raise ValueError(f"alpha must have shape (1,1,{h},{w}), got {tuple(alpha.shape)}")
     x = image.float()
-    gray = x.shape[1] == 1 or (torch.equal(x[:, 0], x[:, 1]) and torch.equal(x[:, 1], x[:, 2]))
+    gray = x.shape[1] == 1 or _gray_as_rgb(x)
     want = estimator.config.channels
     if x.shape[1] != want:
         x = x.expand(-1, want, -1, -1) if x.shape[1] == 1 else x.mean(dim=1, keepdim=True)
@@ -227,7 +232,7 @@ def denoise(
     elif smap.shape != (1, 1, *noisy.shape[-2:]):
         raise ValueError(f"a noise-level map must have shape (1,1,H,W) = {(1, 1, *noisy.shape[-2:])}, got {tuple(smap.shape)}")
     x = noisy.float()
-    if channels == 3 and want == 3 and torch.equal(x[:, 0], x[:, 1]) and torch.equal(x[:, 1], x[:, 2]):
+    if want == 3 and _gray_as_rgb(x):
         # A gray photo stored as RGB: denoised as gray (channel-identical noise), so it stays gray.
         return denoise(model, x[:, :1], smap * 255.0, tile=tile, overlap=overlap, progress=progress,
                        precision=precision, ensemble=ensemble).expand(-1, 3, -1, -1).contiguous().to(noisy.device)
