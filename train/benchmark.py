@@ -524,10 +524,7 @@ def real_grid(folder: str, out: Path, weights: str | None, methods: list[str], c
     fns = {}
     for m in methods:
         if m == "ours-stride2":  # the camera-photo path: each pixel-shuffled sub-image of the crop estimated on its own
-            from ganlib.images import ImageData
-            from ganlib.inference import restore
-
-            fns[m] = lambda noisy, _: restore(loaded, ImageData(pixels=noisy), stride=2, impulses=False, precision=precision).image.pixels
+            fns[m] = lambda noisy, _: ours(loaded, noisy, impulses=False, precision=precision, stride=2)[0].image.pixels
             continue
         try:
             fns[m] = make_method(m, weights, tile, precision)
