@@ -384,9 +384,7 @@ def _run_network(weights: Weights, noisy: ImageData, sigma: float | torch.Tensor
                  ensemble: bool = False, impulses: bool | None = None, stride: int = 1) -> Restored:
     """restore() on the GPU when there is one: returns its result (image, noise_map, sigma, estimated, ...)."""
     if torch.cuda.is_available():
-        weights.fidelity.to("cuda")
-        if weights.gan is not None:
-            weights.gan.to("cuda")
+        weights.to("cuda")
     return restore(weights, noisy, sigma=sigma, impulses=impulses, realism=realism, tile=TILE, overlap=OVERLAP, progress=progress,
                    precision=PRECISION, ensemble=ensemble, stride=stride)
 

@@ -195,9 +195,7 @@ def run_denoise(args: argparse.Namespace) -> int:
         log.error("%s", _message(e))
         return 1
     if torch.cuda.is_available():
-        weights.fidelity.cuda()
-        if weights.gan is not None:
-            weights.gan.cuda()
+        weights.to("cuda")
     outdir = Path(args.output)
     if outdir.exists() and not outdir.is_dir():
         log.error("%s: the output must be a folder, and this is a file", outdir)

@@ -2,8 +2,9 @@
 
 A weights source (folder or Hub model repo) holds `fidelity/` and optionally `gan/`, each a
 generator folder (config.json + model.safetensors, as `Generator.save_pretrained` writes it), and
-optionally `estimator/` (a `NoiseEstimator` folder, used to set the strength automatically);
-a plain generator folder works too (fidelity only). Only safetensors are ever loaded, strictly:
+optionally `estimator/` (a `NoiseEstimator` folder, used to set the strength automatically) and
+`gray/` (a fidelity generator fine-tuned on gray photos only, used for them, as FFDNet and DRUNet ship
+a gray model beside the colour one); a plain generator folder works too (fidelity only). Only safetensors are ever loaded, strictly:
 a config.json that does not match its tensors is an error, never a partial load.
 
 Hub downloads go through `huggingface_hub.snapshot_download`, pinned to a revision (argument,
@@ -16,7 +17,7 @@ other weights than asked for.
 
 `Weights.generator(realism)` blends the two stages by network interpolation (ESRGAN style): every
 tensor of the state dict is lerped from the fidelity model (0, best PSNR) to the GAN model (1,
-sharpest texture).
+sharpest texture); `Weights.generator(realism, gray=True)` starts from the gray model instead.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ log = logging.getLogger(__name__)
 BUNDLED = Path(__file__).resolve().parent.parent / "checkpoints"
 HUB_TIMEOUT = 5.0  # seconds to wait for the Hub before using the cache or the fallback
 _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
-_ALLOW = [prefix + name for prefix in ("", "fidelity/", "gan/", "estimator/") for name in ("config.json", "model.safetensors", "README.md")]
+_ALLOW = [prefix + name for prefix in ("", "fidelity/", "gan/", "estimator/", "gray/") for name in ("config.json", "model.safetensors", "README.md")]
 _PICKLES = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
 
 
@@ -48,36 +49,52 @@ class WeightsError(ValueError):
 
 @dataclass
 class Weights:
-    """The fidelity generator, the optional GAN generator, the optional noise-level estimator, and
-    where they came from."""
+    """The fidelity generator, the optional GAN generator, the optional noise-level estimator, the
+    optional generator for gray photos, and where they came from."""
 
     fidelity: Generator
     gan: Generator | None = None
     source: str = ""
     estimator: NoiseEstimator | None = None
-    _blend: tuple[float, Generator] | None = field(default=None, init=False, repr=False, compare=False)
+    gray: Generator | None = None
+    _blend: tuple[float, bool, Generator] | None = field(default=None, init=False, repr=False, compare=False)
 
-    def generator(self, realism: float = 0.0) -> Generator:
-        """The generator at `realism` in [0, 1]: 0 = fidelity, 1 = GAN, in between = interpolated weights
-        (the last interpolated model is cached)."""
+    def base(self, gray: bool = False) -> Generator:
+        """The fidelity (realism 0) generator: the gray model for gray photos when there is one."""
+        return self.gray if gray and self.gray is not None else self.fidelity
+
+    def generator(self, realism: float = 0.0, gray: bool = False) -> Generator:
+        """The generator at `realism` in [0, 1]: 0 = fidelity (`base(gray)`), 1 = GAN, in between =
+        interpolated weights (the last interpolated model is cached). gray: the image is gray (one
+        channel, or R = G = B). Raises ValueError for realism outside [0, 1] or without GAN weights."""
         realism = float(realism)
         if not (math.isfinite(realism) and 0.0 <= realism <= 1.0):
             raise ValueError(f"realism must be between 0 and 1, got {realism}")
+        base = self.base(gray)
         if realism == 0.0:
-            return self.fidelity
+            return base
         if self.gan is None:
             raise ValueError(f"realism {realism} needs GAN weights, but {self.source or 'this source'} has only the fidelity model; use realism 0")
         if realism == 1.0:
             return self.gan
+        uses_gray = base is not self.fidelity
         cached = self._blend
-        if cached is not None and cached[0] == realism:
-            return cached[1]
-        fid, gan = self.fidelity.state_dict(), self.gan.state_dict()
+        if cached is not None and cached[:2] == (realism, uses_gray):
+            return cached[2]
+        fid, gan = base.state_dict(), self.gan.state_dict()
         mixed = {k: torch.lerp(v, gan[k], realism) if v.is_floating_point() else v for k, v in fid.items()}
-        model = _for_inference(Generator(self.fidelity.config).to(next(self.fidelity.parameters()).device))
+        model = _for_inference(Generator(base.config).to(next(base.parameters()).device))
         model.load_state_dict(mixed, strict=True)
-        self._blend = (realism, model)
+        self._blend = (realism, uses_gray, model)
         return model
+
+    def to(self, device: str | torch.device) -> Weights:
+        """Move every network to `device` (in place); returns self."""
+        for model in (self.fidelity, self.gan, self.estimator, self.gray):
+            if model is not None:
+                model.to(device)
+        self._blend = None
+        return self
 
 
 def _load_generator(folder: Path, label: str, cls: type = Generator) -> Generator:
@@ -132,7 +149,10 @@ def _load_folder(folder: Path, label: str) -> Weights:
             estimator = _load_generator(folder / "estimator", f"{label}/estimator", NoiseEstimator)
             if estimator.config.channels != fidelity.config.channels:
                 raise WeightsError(f"{label}: estimator/ is for {estimator.config.channels}-channel images, the generator for {fidelity.config.channels}")
-        return Weights(fidelity, gan, label, estimator)
+        gray = _load_generator(folder / "gray", f"{label}/gray") if (folder / "gray").is_dir() else None
+        if gray is not None and gray.config != fidelity.config:
+            raise WeightsError(f"{label}: gray/ and fidelity/ have different configs (gray/ must be fine-tuned from fidelity/)")
+        return Weights(fidelity, gan, label, estimator, gray)
     if any((folder / name).exists() for name in ("model.safetensors", "config.json")) or any(any(folder.glob(p)) for p in _PICKLES):
         return Weights(_load_generator(folder, label), None, label)
     raise WeightsError(f"{label}: no weights found (expected fidelity/ and gan/ subfolders, or config.json + model.safetensors)")
@@ -212,6 +232,7 @@ def load_weights(source: str | Path | None = None, *, revision: str | None = Non
         weights = _from_hub(source, revision, fallback)
     else:
         raise WeightsError(f"{source}: no such folder, and not a Hub repo id of the form user/name")
-    parts = ["fidelity"] + ["gan"] * (weights.gan is not None) + ["estimator"] * (weights.estimator is not None)
+    parts = (["fidelity"] + ["gan"] * (weights.gan is not None) + ["estimator"] * (weights.estimator is not None)
+             + ["gray"] * (weights.gray is not None))
     log.info("weights: %s (%s)", weights.source, " + ".join(parts))
     return weights

@@ -429,7 +429,8 @@ def restore(
     pixels = image.pixels
     h, w = pixels.shape[-2:]
     alpha = image.opacity()  # transparent pixels say nothing about the noise
-    model = weights.generator(realism)
+    gray = pixels.shape[1] == 1 or _gray_as_rgb(pixels)
+    model = weights.generator(realism, gray=gray)
     estimated = sigma is None
 
     def blind(x: torch.Tensor, alpha: torch.Tensor | None = alpha) -> tuple[torch.Tensor, float]:
@@ -477,7 +478,7 @@ def restore(
     # Realism: the blended generator's fine texture on the fidelity model's tone and colour, from a
     # second pass with the same noise-level map (twice the time).
     textured = run(model, sigma, _pass(progress, 0, 2))
-    base = run(weights.fidelity, textured.noise_map, _pass(progress, 1, 2))
+    base = run(weights.base(gray), textured.noise_map, _pass(progress, 1, 2))
     textured.image = image.with_pixels(frequency_separation(textured.image.pixels, base.image.pixels))
     return textured
 

@@ -347,3 +347,29 @@ def test_estimator_folder_is_loaded_strictly_and_from_the_hub(pair, hf, monkeypa
     (folder / "estimator" / "config.json").write_text('{"width": 16}')
     with pytest.raises(WeightsError, match="do not match config.json"):
         load_weights(folder)
+
+
+def test_gray_folder_is_the_base_for_gray_photos_and_blends_with_gan(pair, hf, monkeypatch):
+    folder, fid, gan = pair
+    assert load_weights(folder).gray is None  # optional: gray photos then use fidelity/
+    gray = tiny(4)
+    gray.save_pretrained(folder / "gray")
+    w = load_weights(folder)
+    assert same_weights(w.gray, gray) and not w.gray.training
+    assert w.base(gray=True) is w.gray and w.base() is w.fidelity
+    assert w.generator(0.0, gray=True) is w.gray and w.generator(0.0) is w.fidelity
+    assert w.generator(1.0, gray=True) is w.gan  # the GAN end is shared
+    colour_half, gray_half = w.generator(0.5), w.generator(0.5, gray=True)
+    sg, sa = gray.state_dict(), gan.state_dict()
+    for k, v in gray_half.state_dict().items():
+        assert torch.allclose(v, (sg[k] + sa[k]) / 2, atol=1e-7), k
+    assert not same_weights(colour_half, gray_half)  # each its own blend, not the cached other one
+    assert w.generator(0.5, gray=True) is gray_half
+
+    fill_cache(hf, "user/repo", COMMIT_A, folder)  # the Hub path fetches gray/ too
+    offline(monkeypatch)
+    assert same_weights(load_weights("user/repo", revision=COMMIT_A).gray, gray)
+
+    tiny(4, widths=(8, 8)).save_pretrained(folder / "gray")
+    with pytest.raises(WeightsError, match="gray/ and fidelity/ have different configs"):
+        load_weights(folder)

@@ -126,6 +126,21 @@ def test_denoise_image_keeps_metadata():
         denoise_image(weights, image, realism=1.5)
 
 
+def test_restore_uses_the_gray_model_for_gray_photos_only():
+    weights = Weights(fidelity=tiny(), gan=tiny(seed=9), source="test", gray=tiny(seed=5))
+    colour = noisy_image(24, 24)
+    gray_rgb = colour.mean(1, keepdim=True).expand(-1, 3, -1, -1).contiguous()
+    out = restore(weights, ImageData(pixels=colour), sigma=25.0)
+    assert torch.equal(out.image.pixels, denoise(weights.fidelity, colour, 25.0))
+    for pixels in (gray_rgb, gray_rgb[:, :1]):  # gray stored as RGB, and a 1-channel photo
+        out = restore(weights, ImageData(pixels=pixels), sigma=25.0)
+        assert torch.equal(out.image.pixels, denoise(weights.gray, pixels, 25.0))
+        assert not torch.allclose(out.image.pixels, denoise(weights.fidelity, pixels, 25.0))
+    textured = restore(weights, ImageData(pixels=gray_rgb), sigma=25.0, realism=0.5).image.pixels
+    expected = frequency_separation(denoise(weights.generator(0.5, gray=True), gray_rgb, 25.0), denoise(weights.gray, gray_rgb, 25.0))
+    assert torch.allclose(textured, expected, atol=1e-6)
+
+
 def test_denoise_image_realism_needs_gan_weights():
     image = ImageData(pixels=noisy_image(16, 16))
     with pytest.raises(ValueError, match="GAN"):

@@ -600,3 +600,19 @@ def test_soup_averages_two_generators_weight_by_weight(tmp_path: Path) -> None:
     history = json.loads((out / "training.json").read_text())
     assert history[-1]["stage"] == "soup" and history[-1]["weight"] == 0.25
     assert "weight average: 0.75 x" in export._run_line(history[-1])
+    assert not (out / "metrics.json").exists()  # A has no train_config.json: no validation, no card
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(5):
+        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(photos / f"p{i}.png")
+    values = {"data": str(photos), "min_size": 32, "val_count": 2, "val_max_side": 32, "val_sigmas": [25.0],
+              "generator": {"widths": [8, 16], "blocks": [1, 1]}}
+    (tmp_path / "a" / "train_config.json").write_text(json.dumps(values))
+    out = soup_main([str(tmp_path / "a"), str(tmp_path / "b"), "--output-dir", str(tmp_path / "s2")])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics) == {"psnr25", "ssim25"} and 0 < metrics["psnr25"] < 60
+    card = (out / "README.md").read_text()
+    assert "3 training images, 2 held back" in card and "weight average: 0.5 x" in card and f"{metrics['psnr25']:.4f}" in card
+    assert json.loads((out / "train_config.json").read_text()) == values

@@ -234,12 +234,15 @@ def real_pairs(folder: str | Path) -> list[tuple[str, Path, Path]]:
     return pairs
 
 
-def load_validation(paths: list[Path], max_side: int | None = None) -> list[torch.Tensor]:
-    """Validation images as (1,C,H,W) tensors, optionally centre-cropped to max_side."""
+def load_validation(paths: list[Path], max_side: int | None = None, gray: bool = False) -> list[torch.Tensor]:
+    """Validation images as (1,3,H,W) tensors, optionally centre-cropped to max_side; gray=True gives
+    their luma in all three channels (the validation of a generator for gray photos)."""
     out = []
     for p in paths:
         with Image.open(p) as im:
             t = to_tensor(im.convert("RGB"))
+        if gray:
+            t = _gray(t[0])[None]
         if max_side:
             h, w = t.shape[-2:]
             y, x = max(0, (h - max_side) // 2), max(0, (w - max_side) // 2)

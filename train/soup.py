@@ -6,7 +6,8 @@ time"; here two points of one fine-tuning path, as in weight-space ensembling, W
     python -m train.soup A B --weight 0.5 --output-dir runs/soup
 
 writes (1 - weight) * A + weight * B as a weights folder (config.json, model.safetensors,
-training.json with both histories), ready for `--init` or `train.export`-style shipping.
+training.json with both histories), ready for `--init` or shipping: when A has its train_config.json,
+the soup is validated on A's held-back images and gets A's model card with its own metrics and history.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 from ganlib.hub import Weights
 from ganlib.models import Generator
 
-from .export import training_history
+from .export import model_card, training_history
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +54,29 @@ def main(argv: list[str] | None = None) -> Path:
     history = [*training_history(args.a), {"stage": "soup", "a": args.a, "b": args.b, "weight": args.weight,
                                            "b_history": training_history(args.b)}]
     (out / "training.json").write_text(json.dumps(history, indent=2))
+    config = Path(args.a) / "train_config.json"
+    if config.is_file():
+        _card(model, out, json.loads(config.read_text()), history)
+    else:
+        log.warning("%s has no train_config.json: the soup gets no model card or validation metrics", args.a)
     log.info("wrote %.2f x %s + %.2f x %s to %s", 1 - args.weight, args.a, args.weight, args.b, out)
     return out
+
+
+def _card(model: Generator, out: Path, values: dict, history: list[dict]) -> None:
+    """Validate the soup on A's held-back images and write A's model card, metrics and config for it."""
+    from .data import list_folders, load_validation, split
+    from .train import TrainConfig, _coerce, run_validation
+
+    cfg = _coerce(TrainConfig, values)
+    paths = list_folders(cfg.data, cfg.min_size, cfg.channels)
+    train_paths, val_paths = split(paths, cfg.val_count, cfg.seed)
+    metrics = run_validation(cfg, model, load_validation(val_paths, cfg.val_max_side or None, gray=cfg.val_gray))
+    model.eval()
+    card = model_card(cfg, metrics, train_images=len(train_paths), val_images=len(val_paths), model=model, history=history)
+    (out / "README.md").write_text(card)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    (out / "train_config.json").write_text(json.dumps(values, indent=2))
 
 
 if __name__ == "__main__":

@@ -58,6 +58,7 @@ class TrainConfig:
     val_real: str = ""  # folder of real noisy photos with ground truth (*_real.png + *_mean.png), validated only
     val_estimator: str = ""  # noise-level estimator folder for the val_real strength (empty = wavelet estimate)
     val_max_side: int = 0  # centre-crop validation images to this side (0 = full images)
+    val_gray: bool = False  # validate on the validation images' luma (for a generator of gray photos)
     val_sigmas: list[float] = field(default_factory=lambda: [15.0, 25.0, 50.0])
     batch_size: int = 16
     max_steps: int = 100_000
@@ -439,7 +440,7 @@ def _run(cfg: TrainConfig, resume: bool) -> Path:
         train_paths, val_paths = paths, list_images(cfg.val_data, 1, cfg.channels)
     else:
         train_paths, val_paths = split(paths, cfg.val_count, cfg.seed)
-    val_images = load_validation(val_paths, cfg.val_max_side or None)
+    val_images = load_validation(val_paths, cfg.val_max_side or None, gray=cfg.val_gray)
     real_val = load_real_pairs(cfg.val_real) if cfg.val_real and cfg.stage != "estimator" else None
     val_estimator = NoiseEstimator.from_pretrained(cfg.val_estimator).eval() if cfg.val_estimator else None
     dataset = CropDataset(train_paths, cfg.crop, cfg.noise, cfg.seed)
