@@ -616,3 +616,17 @@ def test_soup_averages_two_generators_weight_by_weight(tmp_path: Path) -> None:
     card = (out / "README.md").read_text()
     assert "3 training images, 2 held back" in card and "weight average: 0.5 x" in card and f"{metrics['psnr25']:.4f}" in card
     assert json.loads((out / "train_config.json").read_text()) == values
+
+
+def test_gray_validation_images_are_one_channel_luma(tmp_path: Path) -> None:
+    """val_gray: the validation noise must be the same in every channel, as in gray training samples,
+    so the images are (1,1,H,W) luma (a gray copy in three channels would get colour noise)."""
+    from train.data import load_validation
+
+    rgb = np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "p.png")
+    colour, = load_validation([tmp_path / "p.png"], max_side=16)
+    gray, = load_validation([tmp_path / "p.png"], max_side=16, gray=True)
+    assert colour.shape == (1, 3, 16, 16) and gray.shape == (1, 1, 16, 16)
+    luma = (colour[0] * torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)).sum(0)
+    assert torch.allclose(gray[0, 0], luma, atol=1e-6)

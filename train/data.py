@@ -236,13 +236,14 @@ def real_pairs(folder: str | Path) -> list[tuple[str, Path, Path]]:
 
 def load_validation(paths: list[Path], max_side: int | None = None, gray: bool = False) -> list[torch.Tensor]:
     """Validation images as (1,3,H,W) tensors, optionally centre-cropped to max_side; gray=True gives
-    their luma in all three channels (the validation of a generator for gray photos)."""
+    their luma as (1,1,H,W) (the validation of a generator for gray photos: the noise added to them is
+    then the same in every channel, as in gray training samples)."""
     out = []
     for p in paths:
         with Image.open(p) as im:
             t = to_tensor(im.convert("RGB"))
         if gray:
-            t = _gray(t[0])[None]
+            t = _gray(t[0])[None, :1]
         if max_side:
             h, w = t.shape[-2:]
             y, x = max(0, (h - max_side) // 2), max(0, (w - max_side) // 2)
