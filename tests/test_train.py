@@ -375,6 +375,14 @@ def test_model_card_metadata_and_metrics(fidelity_run: Path, workspace: dict[str
     assert "8 steps of batch 4" in card.text and "limitations" in card.text.lower()
 
 
+def test_model_card_says_what_share_is_gray() -> None:
+    from train import export
+
+    assert export._gray_note(0.0) == ""
+    assert export._gray_note(0.15) == "; 15% gray with the same noise in every channel"
+    assert "the generator for gray photos (`gray/`" in export._gray_note(1.0)
+
+
 def test_gan_stage_from_fidelity_weights_and_push(gan_run: Path, fidelity_run: Path, hub) -> None:
     rows = list(csv.DictReader((gan_run / "log.csv").open()))
     steps = [r for r in rows if r["loss_pix"]]

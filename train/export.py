@@ -39,7 +39,7 @@ Stage `{stage}`: {stage_text}
 - Data: `{data}` ({train_images} training images, {val_images} held back for validation; random
   crops, flips and 90-degree rotations). Never trained on the test sets.
 - Noise model: a mixture {mix}; gaussian sigma in {sigma} (0-255 scale); {clip_pct:.0f}% of samples
-  clipped and rounded to 8 bits as uploaded photos are{clean_note}. {map_note}
+  clipped and rounded to 8 bits as uploaded photos are{clean_note}{gray_note}. {map_note}
 - Runs, oldest first ({total_hours:.2f} hours in all; each run starts from the previous one's weights):
 {runs}
 
@@ -106,6 +106,13 @@ def _run_line(run: dict) -> str:
             f"peak lr {run['lr']:g}, {run['hours']:.2f} hours on {run['device']}")
 
 
+def _gray_note(gray_prob: float) -> str:
+    if gray_prob >= 1.0:
+        return ("; every sample gray (the crop's luma) with the same noise in every channel, without the colour-only "
+                "camera pipeline: the generator for gray photos (`gray/` in a weights folder)")
+    return f"; {100 * gray_prob:.0f}% gray with the same noise in every channel" if gray_prob else ""
+
+
 def model_card(cfg, metrics: dict[str, float], *, train_images: int, val_images: int, model: torch.nn.Module, history: list[dict]) -> str:
     rows = "\n".join(f"| {k} | {v:.4f} |" for k, v in metrics.items())
     what = "A noise-level-conditioned residual U-Net that removes noise from photos"
@@ -126,6 +133,7 @@ def model_card(cfg, metrics: dict[str, float], *, train_images: int, val_images:
     return CARD.format(
         what=what,
         clean_note=f"; {100 * clean_prob:.0f}% left clean" if clean_prob else "",
+        gray_note=_gray_note(getattr(cfg.noise, "gray_prob", 0.0)),
         map_note="The target is the per-pixel noise level." if estimating else "The generator sees the per-pixel noise level.",
         use=ESTIMATOR_USE if estimating else USE,
         limits=ESTIMATOR_LIMITS if estimating else LIMITS,
