@@ -684,6 +684,7 @@ def _run(image, noise_kind, noise_params, seed, strength, realism, progress, ens
         "network_skipped": skipped,
         "precision": resolve_precision(PRECISION, "cuda" if torch.cuda.is_available() else "cpu"),
         "weights": weights.source,
+        "generator": "gray (gray/)" if restored.gray_model else "colour (fidelity/)",
         "notes": notes,
     }
     try:
@@ -907,6 +908,8 @@ def _metrics_markdown(res: Result) -> str:
     lines.append(f"- noise level given to the network: sigma = {m['sigma_used']:.2f} (0-255), {how}")
     if m["stride"] > 1:
         lines.append(f"- pixel-shuffled ×{m['stride']} for camera noise: the {m['stride'] ** 2} interleaved sub-images denoised one by one")
+    if m.get("generator", "").startswith("gray"):
+        lines.append("- gray photo: denoised by the generator trained on gray photos")
     if m["impulses_removed"]:
         lines.append(f"- impulses removed first by a switching median: {100 * m['impulse_fraction']:.2f}% of values")
     realism = "fidelity" if m["realism"] == 0 else ("GAN" if m["realism"] == 1 else "blend")

@@ -365,7 +365,9 @@ class Restored:
     image: the denoised ImageData; noise_map: the (1,1,H,W) noise-level map (0-255 scale) that
     conditioned the network; sigma: its summary (0-255); estimated: True when the map was estimated
     from the image, False when the caller gave it; impulses: impulse noise was removed first by the
-    switching median (`ganlib.impulse`); impulse_fraction: share of values detected as impulses."""
+    switching median (`ganlib.impulse`); impulse_fraction: share of values detected as impulses;
+    gray_model: the image is gray (one channel, or R = G = B) and went through the weights' generator
+    for gray photos (`Weights.gray`)."""
 
     image: ImageData
     noise_map: torch.Tensor
@@ -373,6 +375,7 @@ class Restored:
     estimated: bool
     impulses: bool = False
     impulse_fraction: float = 0.0
+    gray_model: bool = False
 
 
 IMPULSE_MIN_FRACTION = MIN_FRACTION  # below this share of isolated extremes a photo is not treated for impulses
@@ -430,6 +433,7 @@ def restore(
     h, w = pixels.shape[-2:]
     alpha = image.opacity()  # transparent pixels say nothing about the noise
     gray = pixels.shape[1] == 1 or _gray_as_rgb(pixels)
+    gray_model = gray and weights.gray is not None
     model = weights.generator(realism, gray=gray)
     estimated = sigma is None
 
@@ -458,12 +462,14 @@ def restore(
             refined = refined.mean(1, keepdim=True) if cleaned.shape[1] == 1 else refined.expand_as(cleaned)
         result = torch.where(mask, refined, cleaned)
         log.info("impulse noise: %.2f%% of values replaced by the switching median, refined at sigma %.1f", 100 * fraction, float(smap.mean()))
-        return Restored(image.with_pixels(result), smap, float(smap.mean()), estimated, True, fraction)
+        return Restored(image.with_pixels(result), smap, float(smap.mean()), estimated, True, fraction, gray_model)
 
     def run(model: Generator, sigma: float | torch.Tensor | None, progress: ProgressFn | None) -> Restored:
         if stride > 1:
-            return _pixel_shuffled(model, image, sigma, blind, stride, fraction, tile=tile, overlap=overlap, progress=progress,
-                                   precision=precision, ensemble=ensemble)
+            shuffled = _pixel_shuffled(model, image, sigma, blind, stride, fraction, tile=tile, overlap=overlap, progress=progress,
+                                       precision=precision, ensemble=ensemble)
+            shuffled.gray_model = gray_model
+            return shuffled
         if sigma is None:
             smap, summary = blind(pixels)
             log.info("estimated noise level: sigma = %.2f (map %.2f-%.2f)", summary, float(smap.min()), float(smap.max()))
@@ -471,7 +477,7 @@ def restore(
             smap = _as_map(sigma, h, w)
             summary = float(smap.float().mean())
         result = denoise(model, pixels, smap, tile=tile, overlap=overlap, progress=progress, precision=precision, ensemble=ensemble)
-        return Restored(image.with_pixels(result), smap, summary, estimated, False, fraction)
+        return Restored(image.with_pixels(result), smap, summary, estimated, False, fraction, gray_model)
 
     if realism == 0.0:
         return run(model, sigma, progress)

@@ -131,14 +131,18 @@ def test_restore_uses_the_gray_model_for_gray_photos_only():
     colour = noisy_image(24, 24)
     gray_rgb = colour.mean(1, keepdim=True).expand(-1, 3, -1, -1).contiguous()
     out = restore(weights, ImageData(pixels=colour), sigma=25.0)
-    assert torch.equal(out.image.pixels, denoise(weights.fidelity, colour, 25.0))
+    assert torch.equal(out.image.pixels, denoise(weights.fidelity, colour, 25.0)) and not out.gray_model
     for pixels in (gray_rgb, gray_rgb[:, :1]):  # gray stored as RGB, and a 1-channel photo
         out = restore(weights, ImageData(pixels=pixels), sigma=25.0)
-        assert torch.equal(out.image.pixels, denoise(weights.gray, pixels, 25.0))
+        assert torch.equal(out.image.pixels, denoise(weights.gray, pixels, 25.0)) and out.gray_model
+        assert restore(weights, ImageData(pixels=pixels), stride=2).gray_model
         assert not torch.allclose(out.image.pixels, denoise(weights.fidelity, pixels, 25.0))
     textured = restore(weights, ImageData(pixels=gray_rgb), sigma=25.0, realism=0.5).image.pixels
     expected = frequency_separation(denoise(weights.generator(0.5, gray=True), gray_rgb, 25.0), denoise(weights.gray, gray_rgb, 25.0))
     assert torch.allclose(textured, expected, atol=1e-6)
+    without = Weights(fidelity=weights.fidelity, gan=weights.gan, source="test")  # no gray/: the colour model
+    out = restore(without, ImageData(pixels=gray_rgb), sigma=25.0)
+    assert torch.equal(out.image.pixels, denoise(weights.fidelity, gray_rgb, 25.0)) and not out.gray_model
 
 
 def test_denoise_image_realism_needs_gan_weights():
