@@ -116,7 +116,7 @@ def _gray_note(gray_prob: float) -> str:
 def model_card(cfg, metrics: dict[str, float], *, train_images: int, val_images: int, model: torch.nn.Module, history: list[dict]) -> str:
     rows = "\n".join(f"| {k} | {v:.4f} |" for k, v in metrics.items())
     what = "A noise-level-conditioned residual U-Net that removes noise from photos"
-    val_text = "held-back training images, Gaussian noise, unclipped"
+    val_text = "held-back training images" + (" made gray (their luma)" if getattr(cfg, "val_gray", False) else "") + ", Gaussian noise, unclipped"
     if cfg.stage == "fidelity":
         stage_text = "trained with the L1 pixel loss for the highest PSNR."
     elif cfg.stage == "gan":
