@@ -434,6 +434,8 @@ def restore(
     alpha = image.opacity()  # transparent pixels say nothing about the noise
     gray = pixels.shape[1] == 1 or _gray_as_rgb(pixels)
     gray_model = gray and weights.gray is not None
+    if gray_model:
+        log.info("gray image: denoised by the generator for gray photos (gray/)")
     model = weights.generator(realism, gray=gray)
     estimated = sigma is None
 
