@@ -638,3 +638,22 @@ def test_gray_validation_images_are_one_channel_luma(tmp_path: Path) -> None:
     assert colour.shape == (1, 3, 16, 16) and gray.shape == (1, 1, 16, 16)
     luma = (colour[0] * torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)).sum(0)
     assert torch.allclose(gray[0, 0], luma, atol=1e-6)
+
+
+def test_estimated_maps_replace_a_seeded_share_of_the_exact_ones() -> None:
+    from ganlib.inference import estimate_noise_map
+    from ganlib.models import EstimatorConfig, NoiseEstimator
+    from train.train import with_estimated_maps
+
+    torch.manual_seed(0)
+    est = NoiseEstimator(EstimatorConfig(width=8)).eval()
+    noisy = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    exact = torch.full((6, 1, 32, 32), 0.1)
+    assert with_estimated_maps(noisy, exact, est, 0.0, seed=3) is exact
+    every = with_estimated_maps(noisy, exact, est, 1.0, seed=3)
+    for i in range(6):
+        assert torch.allclose(every[i], estimate_noise_map(noisy[i : i + 1], est)[0][0] / 255.0)
+    some = with_estimated_maps(noisy, exact, est, 0.5, seed=1)
+    replaced = [not torch.equal(some[i], exact[i]) for i in range(6)]
+    assert 0 < sum(replaced) < 6 and torch.equal(exact, torch.full((6, 1, 32, 32), 0.1))  # the input is not modified
+    assert torch.equal(some, with_estimated_maps(noisy, exact, est, 0.5, seed=1))  # seeded

@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from ganlib.camera import camera_noise_std_map, sample_camera_params, simulate_camera
 from ganlib.images import to_pil
-from ganlib.inference import denoise, estimate_sigma
+from ganlib.inference import denoise, estimate_noise_map, estimate_sigma
 from ganlib.metrics import psnr, ssim
 from ganlib.models import Discriminator, DiscriminatorConfig, EstimatorConfig, Generator, GeneratorConfig, NoiseEstimator
 from ganlib.noise import add_noise, noise_std_map
@@ -84,6 +84,11 @@ class TrainConfig:
     # L1 between 8x8 block means of output and target: the GAN may add texture, not move tone or colour
     # (frequency separation, after Fritsche et al. 2019, "Frequency Separation for Real-World Super-Resolution")
     lowpass_weight: float = 0.0
+    # Share of samples conditioned on the estimator's map of the noisy crop (`estimate_noise_map` with
+    # `map_estimator`, as automatic strength computes it) instead of the exact one: the generator learns
+    # the maps it is given at the automatic strength (issue #12: "the generator on maps like the estimator's").
+    estimated_maps: float = 0.0
+    map_estimator: str = ""  # NoiseEstimator folder for estimated_maps
     # bookkeeping
     workers: int = 0
     log_every: int = 50
@@ -343,6 +348,20 @@ def lowpass_loss(fake: torch.Tensor, clean: torch.Tensor, block: int = 8) -> tor
     return F.l1_loss(F.avg_pool2d(fake, block, ceil_mode=True), F.avg_pool2d(clean, block, ceil_mode=True))
 
 
+@torch.no_grad()
+def with_estimated_maps(noisy: torch.Tensor, smap: torch.Tensor, estimator: NoiseEstimator, share: float, seed: int) -> torch.Tensor:
+    """A (N,1,H,W) batch of maps (0-1 scale) where a random `share` of the samples (seeded) carry
+    `estimate_noise_map`'s blind map of their (N,C,H,W) noisy crop instead of the exact one."""
+    g = torch.Generator().manual_seed(seed)
+    pick = torch.rand(noisy.shape[0], generator=g) < share
+    if not pick.any():
+        return smap
+    smap = smap.clone()
+    for i in pick.nonzero().flatten().tolist():
+        smap[i] = estimate_noise_map(noisy[i : i + 1].float().cpu(), estimator)[0][0].to(smap) / 255.0
+    return smap
+
+
 def train_step(
     cfg: TrainConfig,
     generator: torch.nn.Module,
@@ -443,6 +462,11 @@ def _run(cfg: TrainConfig, resume: bool) -> Path:
     val_images = load_validation(val_paths, cfg.val_max_side or None, gray=cfg.val_gray)
     real_val = load_real_pairs(cfg.val_real) if cfg.val_real and cfg.stage != "estimator" else None
     val_estimator = NoiseEstimator.from_pretrained(cfg.val_estimator).eval() if cfg.val_estimator else None
+    map_estimator = None
+    if cfg.estimated_maps > 0:
+        if not cfg.map_estimator:
+            raise ValueError("--estimated-maps needs --map-estimator, a noise-estimator folder")
+        map_estimator = NoiseEstimator.from_pretrained(cfg.map_estimator).eval().requires_grad_(False).to(device)
     dataset = CropDataset(train_paths, cfg.crop, cfg.noise, cfg.seed)
 
     estimating = cfg.stage == "estimator"
@@ -550,6 +574,8 @@ def _run(cfg: TrainConfig, resume: bool) -> Path:
             loss_pix = estimator_step(model, opt_g, noisy, smap, cfg.grad_clip, step, cfg.estimator_quantile)
             loss_adv = loss_d = torch.zeros(())
         else:
+            if map_estimator is not None:
+                smap = with_estimated_maps(noisy, smap, map_estimator, cfg.estimated_maps, seed=cfg.seed * 1_000_003 + step * world + rank)
             loss_pix, loss_adv, loss_d = train_step(cfg, ddp_model, disc, opt_g, opt_d, clean, noisy, smap, amp, step)
         ema_update(ema, model, cfg.ema_decay if step >= cfg.warmup_steps else 0.0)
         step += 1
