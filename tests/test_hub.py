@@ -373,3 +373,16 @@ def test_gray_folder_is_the_base_for_gray_photos_and_blends_with_gan(pair, hf, m
     tiny(4, widths=(8, 8)).save_pretrained(folder / "gray")
     with pytest.raises(WeightsError, match="gray/ and fidelity/ have different configs"):
         load_weights(folder)
+
+
+def test_weights_to_moves_every_network_and_drops_the_cached_blend(pair):
+    from ganlib.models import EstimatorConfig, NoiseEstimator
+
+    folder, _, _ = pair
+    tiny(4).save_pretrained(folder / "gray")
+    NoiseEstimator(EstimatorConfig(width=8)).save_pretrained(folder / "estimator")
+    w = load_weights(folder)
+    w.generator(0.5)
+    assert w.to("meta") is w and w._blend is None
+    for model in (w.fidelity, w.gan, w.estimator, w.gray):
+        assert all(p.device.type == "meta" for p in model.parameters())
