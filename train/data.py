@@ -148,9 +148,7 @@ def sample_noise(clean: torch.Tensor, cfg: NoiseConfig, g: torch.Generator) -> t
     kinds, weights = zip(*cfg.mix.items())
     kind = kinds[int(torch.multinomial(torch.tensor(weights, dtype=torch.float), 1, generator=g))]
     if kind == "real":
-        params = sample_camera_params(g, jpeg_prob=cfg.real_jpeg_prob, shot_range=tuple(cfg.real_shot), nr_prob=cfg.real_nr_prob)
-        noisy, target = simulate_camera(clean, params, generator=g)
-        smap = camera_noise_std_map(clean, params, seed=int(torch.randint(2**31, (), generator=g)), draws=3)
+        target, noisy, smap = camera_sample(clean, g, jpeg_prob=cfg.real_jpeg_prob, shot_range=tuple(cfg.real_shot), nr_prob=cfg.real_nr_prob)
         return target, noisy, _overstate(smap, cfg, g)
     if kind == "gaussian":
         params = {"sigma": _uniform(g, *cfg.sigma)}
@@ -167,6 +165,18 @@ def sample_noise(clean: torch.Tensor, cfg: NoiseConfig, g: torch.Generator) -> t
     clipped = float(torch.rand((), generator=g)) < cfg.clip_prob
     noisy = add_noise(clean, kind, generator=g, clip=clipped, quantize=clipped, **params)
     return clean, noisy, _overstate(noise_std_map(clean, kind, **params), cfg, g)
+
+
+def camera_sample(clean: torch.Tensor, g: torch.Generator, *, jpeg_prob: float, shot_range: tuple[float, float], nr_prob: float,
+                  draws: int = 3, map_seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(noise-free rendering, noisy, (1,H,W) noise-level map 0-1) of one shot of the camera pipeline
+    (`ganlib.camera`) with parameters drawn from `g`; the map is measured over `draws` draws seeded by
+    `map_seed` (None: drawn from `g`)."""
+    params = sample_camera_params(g, jpeg_prob=jpeg_prob, shot_range=shot_range, nr_prob=nr_prob)
+    noisy, target = simulate_camera(clean, params, generator=g)
+    if map_seed is None:
+        map_seed = int(torch.randint(2**31, (), generator=g))
+    return target, noisy, camera_noise_std_map(clean, params, seed=map_seed, draws=draws)
 
 
 def _no_real(cfg: NoiseConfig) -> NoiseConfig:

@@ -29,7 +29,6 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ganlib.camera import camera_noise_std_map, sample_camera_params, simulate_camera
 from ganlib.images import to_pil
 from ganlib.inference import denoise, estimate_noise_map, estimate_sigma
 from ganlib.metrics import psnr, ssim
@@ -37,7 +36,7 @@ from ganlib.models import Discriminator, DiscriminatorConfig, EstimatorConfig, G
 from ganlib.noise import add_noise, noise_std_map
 
 from .checkpoint import load_state, save_state
-from .data import CropDataset, NoiseConfig, list_folders, list_images, load_validation, real_pairs, split
+from .data import CropDataset, NoiseConfig, camera_sample, list_folders, list_images, load_validation, real_pairs, split
 
 log = logging.getLogger("train")
 STAGES = ("fidelity", "gan", "estimator")
@@ -265,10 +264,9 @@ REAL_CASES = 3  # camera pipelines (ganlib.camera, in-camera noise reduction inc
 
 def _real_case(clean: torch.Tensor, seed: int) -> tuple[torch.Tensor, float]:
     """(noisy, true level 0-255) of one seeded camera-pipeline shot at a low to mid ISO (real photos' range)."""
-    g = torch.Generator().manual_seed(seed)
-    params = sample_camera_params(g, jpeg_prob=0.5, shot_range=(2e-4, 3e-3), nr_prob=0.7)
-    noisy, _ = simulate_camera(clean, params, generator=g)
-    return noisy, float(camera_noise_std_map(clean, params, seed=seed, draws=4).mean()) * 255
+    _, noisy, smap = camera_sample(clean, torch.Generator().manual_seed(seed), jpeg_prob=0.5, shot_range=(2e-4, 3e-3), nr_prob=0.7,
+                                   draws=4, map_seed=seed)
+    return noisy, float(smap.mean()) * 255
 
 
 def validate_estimator(model: NoiseEstimator, images: list[torch.Tensor], sigmas: list[float], seed: int) -> dict[str, float]:
