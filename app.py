@@ -908,7 +908,7 @@ def _metrics_markdown(res: Result) -> str:
     lines.append(f"- noise level given to the network: sigma = {m['sigma_used']:.2f} (0-255), {how}")
     if m["stride"] > 1:
         lines.append(f"- pixel-shuffled ×{m['stride']} for camera noise: the {m['stride'] ** 2} interleaved sub-images denoised one by one")
-    if m.get("generator", "").startswith("gray"):
+    if m["generator"].startswith("gray"):
         lines.append("- gray photo: denoised by the generator trained on gray photos")
     if m["impulses_removed"]:
         lines.append(f"- impulses removed first by a switching median: {100 * m['impulse_fraction']:.2f}% of values")

@@ -65,12 +65,11 @@ def main(argv: list[str] | None = None) -> Path:
 
 def _card(model: Generator, out: Path, values: dict, history: list[dict]) -> None:
     """Validate the soup on A's held-back images and write A's model card, metrics and config for it."""
-    from .data import list_folders, load_validation, split
-    from .train import TrainConfig, _coerce, run_validation
+    from .data import load_validation
+    from .train import TrainConfig, _coerce, data_split, run_validation
 
     cfg = _coerce(TrainConfig, values)
-    paths = list_folders(cfg.data, cfg.min_size, cfg.channels)
-    train_paths, val_paths = split(paths, cfg.val_count, cfg.seed)
+    train_paths, val_paths = data_split(cfg)
     metrics = run_validation(cfg, model, load_validation(val_paths, cfg.val_max_side or None, gray=cfg.val_gray))
     model.eval()
     card = model_card(cfg, metrics, train_images=len(train_paths), val_images=len(val_paths), model=model, history=history)

@@ -443,6 +443,15 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
             signal.signal(s, handler)
 
 
+def data_split(cfg: TrainConfig) -> tuple[list[Path], list[Path]]:
+    """(training, validation) image paths of a run: `val_data` when given, else `val_count` images of
+    `data` held back (`split`, seeded by `seed`)."""
+    paths = list_folders(cfg.data, cfg.min_size, cfg.channels)
+    if cfg.val_data:
+        return paths, list_images(cfg.val_data, 1, cfg.channels)
+    return split(paths, cfg.val_count, cfg.seed)
+
+
 def _run(cfg: TrainConfig, resume: bool) -> Path:
     rank, world, device = setup_distributed()
     main = rank == 0
@@ -452,11 +461,7 @@ def _run(cfg: TrainConfig, resume: bool) -> Path:
     out = Path(cfg.output_dir)
     ckpt_dir = out / "checkpoint"
 
-    paths = list_folders(cfg.data, cfg.min_size, cfg.channels)
-    if cfg.val_data:
-        train_paths, val_paths = paths, list_images(cfg.val_data, 1, cfg.channels)
-    else:
-        train_paths, val_paths = split(paths, cfg.val_count, cfg.seed)
+    train_paths, val_paths = data_split(cfg)
     val_images = load_validation(val_paths, cfg.val_max_side or None, gray=cfg.val_gray)
     real_val = load_real_pairs(cfg.val_real) if cfg.val_real and cfg.stage != "estimator" else None
     val_estimator = NoiseEstimator.from_pretrained(cfg.val_estimator).eval() if cfg.val_estimator else None
