@@ -432,7 +432,8 @@ class _Stages:
 
 class _TileClock:
     """ganlib's progress(done, total) -> the page's progress ('Denoising tile 3/8', with the x8 ensemble
-    'Denoising view 2/8, tile 1/1', pixel-shuffled 'Denoising sub-image 2/4, tile 3/5', with realism
+    'Denoising view 2/8, tile 1/1', pixel-shuffled 'Denoising sub-image 2/4, tile 3/5' then 'Denoising
+    refinement 1/4, tile 2/9' (the whole image, once per sub-image), with realism
     above 0 'Denoising pass 1/2 (texture), tile 3/8'), timing the tiles: the network's own time is its
     pace between tiles times the number of tiles; the rest of restore() (noise estimate, impulse check)
     is what came before the first tile and, pixel-shuffled or in the second realism pass, between the
@@ -443,7 +444,9 @@ class _TileClock:
     PASS_NAMES = ("texture", "tone")
 
     def __init__(self, progress: Any, ensemble: bool, stride: int = 1, passes: int = 1) -> None:
-        self.progress, self.ensemble, self.parts, self.passes = progress, ensemble, stride * stride, passes
+        # pixel-shuffled, restore() denoises the stride x stride sub-images, then refines the whole as many times
+        self.progress, self.ensemble, self.subs, self.passes = progress, ensemble, stride * stride, passes
+        self.parts = 2 * self.subs if stride > 1 else 1
         self.first = self.last = 0.0
         self.calls = 0
         self.gaps, self.crossings = 0.0, 0  # time and count of the steps from one sub-image or pass to the next
@@ -465,7 +468,8 @@ class _TileClock:
         if self.progress is None:
             return
         where = f"pass {pass_ + 1}/{passes} ({self.PASS_NAMES[pass_ % 2]}), " if passes > 1 else ""
-        where += f"sub-image {part + 1}/{parts}, " if parts > 1 else ""
+        if parts > 1:
+            where += f"sub-image {part + 1}/{self.subs}, " if part < self.subs else f"refinement {part + 1 - self.subs}/{self.subs}, "
         if self.ensemble and total % 8 == 0:
             tiles = total // 8
             view, tile = (done - 1) // tiles + 1, (done - 1) % tiles + 1

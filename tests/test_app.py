@@ -673,8 +673,9 @@ def test_camera_noise_with_the_learned_estimator(app, tmp_path, monkeypatch):
     assert app.get_weights().estimator is not None and res.metrics["noise_map"] == "estimated"
     assert torch.equal(res.noise_map, expected.noise_map) and torch.equal(res.denoised.pixels, expected.image.pixels)
     assert res.metrics["sigma_used"] == round(expected.sigma, 3)
-    # 48x40 pixel-shuffled: four 24x20 sub-images, one 32-pixel tile each
-    assert [d for d in descs if d.startswith("Denoising ")] == [f"Denoising sub-image {n}/4, tile 1/1" for n in range(1, 5)]
+    # 48x40 pixel-shuffled: four 24x20 sub-images, one 32-pixel tile each; the refinements: 15 tiles of the whole
+    assert [d for d in descs if d.startswith("Denoising ")] == ([f"Denoising sub-image {n}/4, tile 1/1" for n in range(1, 5)]
+                                                              + [f"Denoising refinement {n}/4, tile {t}/15" for n in range(1, 5) for t in range(1, 16)])
 
 
 def test_page_option_photo_mode_only(app, tmp_path):
@@ -758,32 +759,37 @@ def crop_width(res, app) -> int:
 
 
 def test_tile_clock_leaves_the_sub_image_estimates_out_of_the_network(app, monkeypatch):
-    """Pixel-shuffled, restore() estimates each sub-image just before denoising it: those pauses are not tiles."""
+    """Pixel-shuffled, restore() estimates each sub-image just before denoising it: those pauses are not tiles.
+    Then it refines the whole once per sub-image (bigger tiles: the count of each part is its own)."""
     from types import SimpleNamespace
 
-    times = iter([1, 2, 8, 9, 14, 15, 20, 21])  # 4 sub-images x 2 tiles, 1 s each; 5-6 s of estimate between them
+    # 4 sub-images x 2 tiles, 1 s each, 5-6 s of estimate between them; then 4 refinements x 3 tiles, back to back
+    times = iter([1, 2, 8, 9, 14, 15, 20, 21] + list(range(22, 34)))
     monkeypatch.setattr(app, "time", SimpleNamespace(perf_counter=lambda: float(next(times))))
     seen = []
     clock = app._TileClock(lambda value, desc=None, **k: seen.append((value, desc)), False, stride=2)
-    for done in range(1, 9):
-        clock(done, 8)
-    assert clock.network_seconds(30.0) == pytest.approx(8.0)
-    assert seen[2] == ((3, 8), "Denoising sub-image 2/4, tile 1/2") and seen[-1] == ((8, 8), "Denoising sub-image 4/4, tile 2/2")
+    for part, tiles in [(n, 2) for n in range(4)] + [(n, 3) for n in range(4, 8)]:
+        for done in range(1, tiles + 1):
+            clock(part * tiles + done, 8 * tiles)  # as ganlib's _pass(progress, part, 8) reports it
+    assert clock.network_seconds(40.0) == pytest.approx(20.0)
+    assert seen[2] == ((3, 16), "Denoising sub-image 2/4, tile 1/2") and seen[7] == ((8, 16), "Denoising sub-image 4/4, tile 2/2")
+    assert seen[8] == ((13, 24), "Denoising refinement 1/4, tile 1/3") and seen[-1] == ((24, 24), "Denoising refinement 4/4, tile 3/3")
 
 
 def test_tile_clock_names_the_two_realism_passes(app, monkeypatch):
-    """Realism above 0 at stride 2: restore() reports 2 passes x 4 sub-images x 2 tiles as one count."""
+    """Realism above 0 at stride 2: restore() reports 2 passes x (4 sub-images + 4 refinements) x 2 tiles as one count."""
     from types import SimpleNamespace
 
     monkeypatch.setattr(app, "time", SimpleNamespace(perf_counter=lambda: 1.0))
     seen = []
     clock = app._TileClock(lambda value, desc=None, **k: seen.append((value, desc)), False, stride=2, passes=2)
-    for done in range(1, 17):
-        clock(done, 16)
-    assert seen[0] == ((1, 16), "Denoising pass 1/2 (texture), sub-image 1/4, tile 1/2")
-    assert seen[9] == ((10, 16), "Denoising pass 2/2 (tone), sub-image 1/4, tile 2/2")
-    assert seen[-1] == ((16, 16), "Denoising pass 2/2 (tone), sub-image 4/4, tile 2/2")
-    assert clock.crossings == 7  # 3 sub-image steps in each pass and the step between the passes
+    for done in range(1, 33):
+        clock(done, 32)
+    assert seen[0] == ((1, 32), "Denoising pass 1/2 (texture), sub-image 1/4, tile 1/2")
+    assert seen[9] == ((10, 32), "Denoising pass 1/2 (texture), refinement 1/4, tile 2/2")
+    assert seen[17] == ((18, 32), "Denoising pass 2/2 (tone), sub-image 1/4, tile 2/2")
+    assert seen[-1] == ((32, 32), "Denoising pass 2/2 (tone), refinement 4/4, tile 2/2")
+    assert clock.crossings == 15  # 7 part steps in each pass and the step between the passes
     one = []
     app._TileClock(lambda value, desc=None, **k: one.append(desc), False, passes=2)(3, 5)  # an odd count: one pass
     assert one == ["Denoising tile 3/5"]
