@@ -2,8 +2,9 @@
 
 - "Denoise my photo" (the default): nothing is added; the noise level is estimated from the upload (or set
   by hand) and the photo is denoised at full resolution. "Camera / phone photo: blotchy noise" denoises it
-  pixel-shuffled (stride 2: the four interleaved half-size sub-images one by one), which removes the
-  spatially correlated noise of real camera photos (off by default: it softens fine texture).
+  pixel-shuffled (stride 2: the four interleaved half-size sub-images one by one, then the whole refined
+  once per sub-image), which removes the spatially correlated noise of real camera photos (off by default:
+  it softens fine texture).
 - "Noise lab": synthetic noise of a chosen kind is added to a clean photo, the network is told the exact
   noise-level map of that noise ("informed"), and PSNR/SSIM against the clean photo are shown; one click
   compares all five kinds on the same photo (a labelled centre crop of large photos).
@@ -684,7 +685,7 @@ def _run(image, noise_kind, noise_params, seed, strength, realism, progress, ens
         "impulse_fraction": round(float(restored.impulse_fraction), 5),
         "realism": realism,
         "ensemble": ensemble,
-        "stride": shuffled,  # 2: pixel-shuffled for camera noise (the 4 interleaved sub-images denoised one by one)
+        "stride": shuffled,  # 2: pixel-shuffled for camera noise (the 4 interleaved sub-images denoised one by one, then refined)
         "network_skipped": skipped,
         "precision": resolve_precision(PRECISION, "cuda" if torch.cuda.is_available() else "cpu"),
         "weights": weights.source,
@@ -911,7 +912,8 @@ def _metrics_markdown(res: Result) -> str:
            "manual": "set by hand"}[m["noise_map"]]
     lines.append(f"- noise level given to the network: sigma = {m['sigma_used']:.2f} (0-255), {how}")
     if m["stride"] > 1:
-        lines.append(f"- pixel-shuffled ×{m['stride']} for camera noise: the {m['stride'] ** 2} interleaved sub-images denoised one by one")
+        lines.append(f"- pixel-shuffled ×{m['stride']} for camera noise: the {m['stride'] ** 2} interleaved sub-images denoised one by one, "
+                     f"then the whole refined once per sub-image")
     if m["generator"].startswith("gray"):
         lines.append("- gray photo: denoised by the generator trained on gray photos")
     if m["impulses_removed"]:
@@ -1135,9 +1137,9 @@ def build_demo(examples_dir: Path | None = None) -> gr.Blocks:
                     strength = gr.Slider(0, 255, value=25, step=0.5, label="strength: noise level sigma (0-255)", visible=False, elem_id="strength")
                     camera_noise = gr.Checkbox(
                         False, label="Camera / phone photo: blotchy noise", elem_id="camera-noise",
-                        info="Denoises every other pixel on its own (pixel-shuffle ×2, API stride=2), which removes the coarse, "
-                             "blotchy noise of real camera and phone photos. It softens fine texture: leave it off for clean or "
-                             "finely textured photos and for fine-grained or synthetic noise.")
+                        info="Denoises every other pixel on its own (pixel-shuffle ×2, API stride=2), then refines the whole: it removes "
+                             "the coarse, blotchy noise of real camera and phone photos, in 5x the time. It softens fine texture: "
+                             "leave it off for clean or finely textured photos and for fine-grained or synthetic noise.")
                     realism = gr.Slider(0, 1, value=0, step=0.05, label="realism: fidelity (0) to GAN (1)", interactive=has_gan,
                                         info=None if has_gan else "disabled: these weights have no GAN stage")
                     ensemble = gr.Checkbox(False, label="best quality: average 8 flips/rotations (8x slower, about +0.2 dB)")

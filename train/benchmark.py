@@ -1095,7 +1095,7 @@ def real_pairs(folder: str | Path, limit: int | None) -> list[tuple[str, Path, P
 
 def run_real(folder: str, limit: int | None, peer_limit: int | None, weights, precision: str, realisms: list[float]) -> dict:
     """Real noisy photos against their ground truth (the mean of many shots): ours automatic, ours
-    automatic with pixel-shuffle stride 2 (`restore(stride=2)`, the camera-photo mode), NLM with the best
+    automatic with pixel-shuffle stride 2 and its refinement (`restore(stride=2)`, the camera-photo mode), NLM with the best
     h per image (an oracle), CBM3D at the wavelet estimate of sigma (first `peer_limit` images), and
     ours at each realism of `realisms` (automatic strength)."""
     pairs = real_pairs(folder, limit)
