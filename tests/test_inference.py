@@ -427,3 +427,13 @@ def test_keep_brightness_takes_back_unexplained_shifts_only() -> None:
     darker = (sky - 4 / 255).clamp(0, 1)
     shift = (keep_brightness(sky, darker.clone(), 100.0).mean((2, 3)) - sky.mean((2, 3))) * 255
     assert float(shift.abs().max()) <= BRIGHTNESS_SLACK + 0.05
+    # Clipping at 0 explains a darker result, not a brighter one: the brightened dark photo is taken back.
+    brighter = (noisy + 6 / 255).clamp(0, 1)
+    shift = (keep_brightness(noisy, brighter.clone(), 255.0).mean((2, 3)) - noisy.mean((2, 3))) * 255
+    assert float(shift.max()) <= BRIGHTNESS_SLACK + 0.05
+    # Half the photo black: clamping at 0 gives back part of each correction, so it is repeated.
+    half = clean.clone()
+    half[..., :, :40] = 0
+    lifted = torch.where(half > 0, half + 5 / 255, half).clamp(0, 1)  # +2.5 levels on average
+    shift = (keep_brightness(half, lifted.clone(), 100.0).mean((2, 3)) - half.mean((2, 3))) * 255
+    assert float(shift.max()) <= BRIGHTNESS_SLACK + 0.25  # one pass: 0.75 + 1.75 / 2 = 1.63
