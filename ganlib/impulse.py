@@ -72,15 +72,17 @@ def may_have_impulses(image: torch.Tensor, *, min_fraction: float = MIN_FRACTION
 
 
 REFINE_SIGMA = 12.0  # per-channel impulses
-REFINE_SIGMA_WHOLE = 20.0  # whole-pixel impulses (all channels replaced together)
+REFINE_SIGMA_WHOLE = 12.0  # whole-pixel impulses (all channels replaced together): 20 for the previous weights
 
 
 def refine_sigma(whole_share: float = 0.0) -> float:
     """Strength (0-255) at which the network refines the pixels the switching median replaced:
-    12 for per-channel impulses, 20 for whole-pixel ones (the replaced pixel has no channel of its own
-    left to go by), linear in between. whole_share: share of the damaged pixels with every channel
-    damaged (`whole_pixel_share`). Chosen on 6 Sun80 training photos (512x512), amounts 0.01-0.5:
-    against the former 40 x amount (at most 10) it gains 2-5 dB at amounts 0.01-0.05 and 0.3-1 dB at 0.2-0.5.
+    REFINE_SIGMA for per-channel impulses, REFINE_SIGMA_WHOLE for whole-pixel ones (the replaced pixel
+    has no channel of its own left to go by), linear in between. whole_share: share of the damaged
+    pixels with every channel damaged (`whole_pixel_share`). Chosen on 6 Sun80 training photos
+    (512x512), amounts 0.01-0.5: against the former 40 x amount (at most 10) it gained 2-5 dB at amounts
+    0.01-0.05 and 0.3-1 dB at 0.2-0.5. The previous fidelity weights wanted 20 for whole-pixel impulses;
+    the current ones do best at 12 for both (whole-pixel, 12 against 20: +0.1 to +0.2 dB; 9 and 16 lower).
     Raises ValueError when whole_share is outside [0, 1]."""
     if not 0.0 <= whole_share <= 1.0:
         raise ValueError(f"whole_share must be in [0, 1], got {whole_share!r}")

@@ -159,7 +159,7 @@ def test_blind_map_follows_brightness() -> None:
 
 
 def test_spread_tiles_and_the_extremes_precheck() -> None:
-    from ganlib.impulse import may_have_impulses, refine_sigma, spread_tiles
+    from ganlib.impulse import REFINE_SIGMA, REFINE_SIGMA_WHOLE, may_have_impulses, refine_sigma, spread_tiles
 
     assert spread_tiles(100, 100, 64, 8) == [(0, 0), (0, 64), (64, 0), (64, 64)]  # all fit
     many = spread_tiles(1000, 1000, 100, 5)
@@ -169,12 +169,13 @@ def test_spread_tiles_and_the_extremes_precheck() -> None:
     noisy = add_noise(clean, "salt_pepper", seed=0, amount=0.01, quantize=True)
     assert not may_have_impulses(clean) and may_have_impulses(noisy) and may_have_impulses(noisy, rows=7)
     assert not may_have_impulses(noisy, min_fraction=0.02)
-    assert refine_sigma(0.0) == 12.0 and refine_sigma(1.0) == 20.0 and refine_sigma(0.5) == pytest.approx(16.0)
+    assert refine_sigma(0.0) == REFINE_SIGMA == 12.0 and refine_sigma(1.0) == REFINE_SIGMA_WHOLE
+    assert refine_sigma(0.5) == pytest.approx((REFINE_SIGMA + REFINE_SIGMA_WHOLE) / 2)
     with pytest.raises(ValueError, match="whole_share"):
         refine_sigma(1.5)
     assert float(informed_noise_map(clean, "salt_pepper", amount=0.05).mean()) == pytest.approx(12.0)
-    assert float(informed_noise_map(clean, "salt_pepper", amount=0.05, whole_pixel=True).mean()) == pytest.approx(20.0)
-    assert float(informed_noise_map(clean[:, :1], "salt_pepper", amount=0.05).mean()) == pytest.approx(20.0)
+    assert float(informed_noise_map(clean, "salt_pepper", amount=0.05, whole_pixel=True).mean()) == pytest.approx(REFINE_SIGMA_WHOLE)
+    assert float(informed_noise_map(clean[:, :1], "salt_pepper", amount=0.05).mean()) == pytest.approx(REFINE_SIGMA_WHOLE)
 
 
 def test_whole_pixel_share_tells_whole_pixel_impulses_from_per_channel_ones() -> None:
