@@ -878,7 +878,7 @@ def api_denoise(
     added noise. strength: noise level 0-255 for the network; empty = automatic. realism: 0 (fidelity)
     .. 1 (GAN). ensemble: average the 8 flips/rotations (8 times the time, about +0.2 dB).
     stride: 1 = off (the default); 2 = pixel-shuffle for the blotchy, spatially correlated noise of camera
-    and phone photos (the page's "Camera / phone photo: blotchy noise"; about +2 dB there, same time), at an
+    and phone photos (the page's "Camera / phone photo: blotchy noise"; about +1.6 dB on CC15, 5x the time), at an
     automatic or a manual strength. It softens fine texture and is worse on fine-grained and synthetic
     noise, so leave it at 1 for those (the page offers it in photo mode only). 1-4 accepted; the metrics'
     `stride` says what ran (1 when salt & pepper noise was removed instead).
