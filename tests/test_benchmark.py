@@ -378,19 +378,21 @@ def test_real_mode_end_to_end(setup: dict[str, Path], tmp_path: Path, capsys: py
     Image.fromarray(noisy).save(folder / "orphan_real.png")  # no ground truth: left out
     out = tmp_path / "real.json"
     rc = benchmark.main(["--real", str(folder), "--realism-sweep", "0,0.5", "--weights", str(setup["weights"]),
-                         "--peer-limit", "1", "--threads", "1", "--output", str(out)])
+                         "--peer-limit", "1", "--threads", "1", "--real-ensemble", "--output", str(out)])
     assert rc == 0
     real = json.loads(out.read_text())["real"]
     assert real["images"] == ["cam0", "cam1"] and real["set"] == "real"
     assert set(real) >= {"noisy", "ours_auto", "ours_stride2", "nlm_oracle", "cbm3d", "ours@0.5"} and "ours@0" not in real
     assert real["noisy"]["images"] == real["ours_auto"]["images"] == real["nlm_oracle"]["images"] == real["ours@0.5"]["images"] == 2
     assert real["ours_stride2"]["images"] == 2 and real["ours_stride2"]["psnr"] != real["ours_auto"]["psnr"]  # another path
+    assert real["ours_stride2_x8"]["images"] == 2 and real["ours_stride2_x8"]["psnr"] != real["ours_stride2"]["psnr"]  # the ensemble ran
     assert real["nlm_oracle"]["psnr"] > real["noisy"]["psnr"] + 2 and all(h in benchmark.NLM_REAL_H for h in real["nlm_oracle"]["h_per_image"])
     assert real["cbm3d"]["images"] == 1 and real["cbm3d"]["sigma_per_image"][0] == pytest.approx(10, rel=0.3)
     assert real["cbm3d"]["psnr"] > real["noisy"]["psnr_per_image"][0] + 2 and "ours_on_same_images" in real["cbm3d"]
     printed = capsys.readouterr().out
     assert "**real** (2 real noisy photos against the mean image)" in printed and "| cam1 | " in printed and "| **mean** | " in printed
     assert "ours@0.5" in printed and "NLM is an oracle" in printed and "ours, stride 2 (sigma)" in printed
+    assert "ours, stride 2 + x8 ensemble" in printed and "ours stride 2 + x8" in printed
     with pytest.raises(SystemExit, match="no NAME_real"):
         benchmark.real_pairs(setup["data"], None)
 

@@ -900,13 +900,13 @@ def timed(fn, *args, **kwargs):
 
 
 def ours(weights, noisy: torch.Tensor, sigma=None, impulses: bool | None = None, realism: float = 0.0, precision: str = "auto",
-         stride: int = 1):
+         stride: int = 1, ensemble: bool = False):
     """Our denoiser as the demo and the CLI call it (`ganlib.inference.restore`); returns (Restored, seconds)."""
     from ganlib.images import ImageData
     from ganlib.inference import restore
 
     return timed(restore, weights, ImageData(pixels=noisy), sigma=sigma, impulses=impulses, realism=realism, precision=precision,
-                 stride=stride)
+                 stride=stride, ensemble=ensemble)
 
 
 def same_images(peer: dict, others: dict[str, Scores]) -> dict:
@@ -1093,11 +1093,14 @@ def real_pairs(folder: str | Path, limit: int | None) -> list[tuple[str, Path, P
     return pairs[:limit] if limit else pairs
 
 
-def run_real(folder: str, limit: int | None, peer_limit: int | None, weights, precision: str, realisms: list[float]) -> dict:
+def run_real(folder: str, limit: int | None, peer_limit: int | None, weights, precision: str, realisms: list[float],
+             ensemble: bool = False) -> dict:
     """Real noisy photos against their ground truth (the mean of many shots): ours automatic, ours
     automatic with pixel-shuffle stride 2 and its refinement (`restore(stride=2)`, the camera-photo mode), NLM with the best
     h per image (an oracle), CBM3D at the wavelet estimate of sigma (first `peer_limit` images), and
-    ours at each realism of `realisms` (automatic strength)."""
+    ours at each realism of `realisms` (automatic strength). ensemble: also stride 2 with the x8
+    self-ensemble (`ours_stride2_x8`: the demo's camera-photo and best-quality boxes together, 40x the
+    time of stride 1)."""
     pairs = real_pairs(folder, limit)
     n_peer = len(pairs) if peer_limit is None else min(peer_limit, len(pairs))
     sweep = [a for a in dict.fromkeys(realisms) if a != 0.0]
@@ -1105,7 +1108,7 @@ def run_real(folder: str, limit: int | None, peer_limit: int | None, weights, pr
         log.warning("realism sweep left out: %s has no GAN weights", weights.source)
         sweep = []
     cells = {"noisy": Scores(), "ours_auto": Scores(), "ours_stride2": Scores(), "nlm_oracle": Scores(), "cbm3d": Scores(),
-             **{f"ours@{a:g}": Scores() for a in sweep}}
+             **({"ours_stride2_x8": Scores()} if ensemble else {}), **{f"ours@{a:g}": Scores() for a in sweep}}
     names = []
     for i, (name, noisy_path, clean_path) in enumerate(tqdm(pairs, desc="real noise", dynamic_ncols=True, leave=False)):
         noisy, clean = load_rgb(noisy_path), load_rgb(clean_path)
@@ -1117,6 +1120,9 @@ def run_real(folder: str, limit: int | None, peer_limit: int | None, weights, pr
         cells["ours_auto"].add(res.image.pixels, clean, sec, sigma=round(res.sigma, 3))
         res, sec = ours(weights, noisy, precision=precision, stride=2)
         cells["ours_stride2"].add(res.image.pixels, clean, sec, sigma=round(res.sigma, 3))
+        if ensemble:
+            res, sec = ours(weights, noisy, precision=precision, stride=2, ensemble=True)
+            cells["ours_stride2_x8"].add(res.image.pixels, clean, sec, sigma=round(res.sigma, 3))
         (out, h), sec = timed(nlm_oracle, noisy, clean, list(NLM_REAL_H))
         cells["nlm_oracle"].add(out, clean, sec, h=h)
         if i < n_peer:
@@ -1139,11 +1145,12 @@ def real_markdown(result: dict) -> str:
     """A row per image and the mean: noisy, ours automatic (its sigma), NLM oracle (its h), CBM3D (its
     sigma), the realism sweep."""
     sweep = [k for k in result if k.startswith("ours@")]
+    extra = ["ours_stride2_x8"] if "ours_stride2_x8" in result else []
     n = len(result["images"])
     lines = [f"**{result['set']}** ({n} real noisy photos against the mean image): PSNR dB / SSIM", "",
              "| image | noisy | ours, automatic (sigma) | ours, stride 2 (sigma) | NLM, best h (oracle) | CBM3D (wavelet sigma) | "
-             + " | ".join(sweep) + (" |" if sweep else ""),
-             "|---|---|---|---|---|---|" + "---|" * len(sweep)]
+             + "".join("ours, stride 2 + x8 ensemble | " for _ in extra) + " | ".join(sweep) + (" |" if sweep else ""),
+             "|---|---|---|---|---|---|" + "---|" * (len(extra) + len(sweep))]
 
     def one(summary: dict, i: int, extra: str | None = None) -> str:
         if i >= summary["images"]:
@@ -1153,12 +1160,13 @@ def real_markdown(result: dict) -> str:
 
     for i, name in enumerate(result["images"]):
         cells = [one(result["noisy"], i), one(result["ours_auto"], i, "sigma"), one(result["ours_stride2"], i, "sigma"), one(result["nlm_oracle"], i, "h"),
-                 one(result["cbm3d"], i, "sigma"), *(one(result[k], i) for k in sweep)]
+                 one(result["cbm3d"], i, "sigma"), *(one(result[k], i) for k in extra + sweep)]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     means = [_cell(result["noisy"]), _cell(result["ours_auto"]), _cell(result["ours_stride2"]), _cell(result["nlm_oracle"]), _cell(result["cbm3d"], n),
-             *(_cell(result[k]) for k in sweep)]
+             *(_cell(result[k]) for k in extra + sweep)]
     lines.append("| **mean** | " + " | ".join(means) + " |")
-    names = {"ours_auto": "ours automatic", "ours_stride2": "ours stride 2", "nlm_oracle": "NLM oracle (all h values)", "cbm3d": "CBM3D", **{k: k for k in sweep}}
+    names = {"ours_auto": "ours automatic", "ours_stride2": "ours stride 2", "nlm_oracle": "NLM oracle (all h values)", "cbm3d": "CBM3D",
+             **{k: "ours stride 2 + x8" for k in extra}, **{k: k for k in sweep}}
     secs = {names[k]: result[k]["seconds_per_image"] for k in names if result[k]["images"]}
     grid = ", ".join(f"{h:g}" for h in NLM_REAL_H)
     lines += ["", "seconds per image: " + ", ".join(f"{k} {v:.3g}" for k, v in secs.items()),
@@ -1212,6 +1220,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    + ", ".join(KIND_SPECS) + "; a camera level is PEAK/READ_SIGMA[/JPEG_QUALITY]; no value = " + " ".join(DEFAULT_KINDS))
     p.add_argument("--gray", metavar="FOLDER", help="grayscale photos (e.g. ../shared/data/test-BSD68-gray) at --sigmas, --protocol, beside BM3D")
     p.add_argument("--real", metavar="FOLDER", help="real noisy photos NAME_real.png with ground truth NAME_mean.png (e.g. ../shared/data/real-CC15)")
+    p.add_argument("--real-ensemble", action="store_true",
+                   help="with --real: also stride 2 with the x8 self-ensemble (the demo's camera-photo and best-quality boxes; 40x the time of stride 1)")
     p.add_argument("--peer-limit", type=int, default=None, help="the slow peers (CBM3D, BM3D) on the first N images only (default all)")
     p.add_argument("--same-process", action="store_true", help="no worker processes (quick checks; peak memory then mixes methods)")
     p.add_argument("--tune-nlm", metavar="TRAIN_DIR", help="choose NLM strengths per sigma on training images and exit")
@@ -1353,7 +1363,7 @@ def main(argv: list[str] | None = None) -> int:
                        gray_markdown)
     if args.real:
         run_peer_modes(args, result, "real", lambda done: run_real(args.real, args.limit, args.peer_limit, load_weights(args.weights),
-                                                                    args.precision, args.realism_sweep), real_markdown)
+                                                                    args.precision, args.realism_sweep, args.real_ensemble), real_markdown)
     if args.grid_real:
         methods = [m.strip() for m in args.grid_methods.split(",") if m.strip()]
         result["grid"] = {"file": str(args.grid_out), "crop": args.grid_crop, "columns": ["noisy", *methods],
