@@ -245,7 +245,7 @@ def test_every_parameter_gets_a_gradient(tmp_path: Path, stage: str) -> None:
     extra = {}
     if stage == "gan-unet":
         stage, extra = "gan", {"fm_weight": 1.0, "gan_loss": "nonsaturating", "adv_warmup": 10, "lowpass_weight": 5.0,
-                               "discriminator": {**TINY.get("discriminator", {}), "kind": "unet"}}
+                               "r1_weight": 1.0, "discriminator": {**TINY.get("discriminator", {}), "kind": "unet"}}
     cfg = trainer._coerce(trainer.TrainConfig, {**TINY, "stage": stage, "ssim_weight": 0.5, **extra})
     paths = list_images(make_photos(tmp_path, n=2), min_size=32)
     data = CropDataset(paths, 32, NoiseConfig(mix={"gaussian": 1.0}), seed=0)
@@ -272,6 +272,23 @@ def test_every_parameter_gets_a_gradient(tmp_path: Path, stage: str) -> None:
             # (the last bias may get an exact 0: with every logit inside the hinge margin its
             # gradients from real and fake pairs cancel)
             assert name in ("net.6.bias", "head.2.bias") or p.grad.abs().sum() > 0, f"discriminator parameter {name} got a zero gradient"
+
+
+def test_r1_penalty_adds_the_discriminators_gradient_norm_on_real_pairs() -> None:
+    cfg0 = trainer._coerce(trainer.TrainConfig, {**TINY, "stage": "gan"})
+    cfg1 = trainer._coerce(trainer.TrainConfig, {**TINY, "stage": "gan", "r1_weight": 10.0})
+    g = torch.Generator().manual_seed(0)
+    clean = torch.rand(2, 3, 32, 32, generator=g)
+    noisy, smap = clean + 0.1 * torch.randn(clean.shape, generator=g), torch.full((2, 1, 32, 32), 0.1)
+    amp = torch.autocast("cpu", enabled=False)
+    losses = []
+    for cfg in (cfg0, cfg1):
+        torch.manual_seed(0)
+        gen, disc = Generator(cfg.generator), Discriminator(cfg.discriminator)
+        opt_g, opt_d = torch.optim.SGD(gen.parameters(), lr=0.0), torch.optim.SGD(disc.parameters(), lr=0.0)
+        losses.append(float(trainer.train_step(cfg, gen, disc, opt_g, opt_d, clean, noisy, smap, amp)[2]))
+    # the same networks and data: the difference is the penalty, gamma / 2 * E|grad|^2 > 0
+    assert losses[1] > losses[0] and math.isfinite(losses[1])
 
 
 def test_lowpass_loss_sees_colour_shifts_not_texture() -> None:

@@ -79,6 +79,9 @@ class TrainConfig:
     adv_warmup: int = 0  # steps over which the adversarial weight ramps up linearly from 0
     gan_loss: str = "hinge"  # hinge | relativistic | nonsaturating
     fm_weight: float = 0.0  # feature-matching loss (L1 between discriminator features of real and fake)
+    # R1 penalty on the discriminator's gradient at real pairs (Mescheder et al. 2018, "Which training methods for
+    # GANs do actually converge?"): gamma / 2 * E|grad D(real)|^2; 0 = off
+    r1_weight: float = 0.0
     pixel_weight: float = 1.0  # weight of the L1 (+ SSIM) pixel loss
     # L1 between 8x8 block means of output and target: the GAN may add texture, not move tone or colour
     # (frequency separation, after Fritsche et al. 2019, "Frequency Separation for Real-World Super-Resolution")
@@ -386,9 +389,13 @@ def train_step(
     loss = loss_pix
     if disc is not None:
         # Real and fake pairs in one forward: one spectral-norm power iteration and one DDP reduction.
+        real = clean.detach().requires_grad_(cfg.r1_weight > 0)
         with amp:
-            d_real, d_fake = disc(torch.cat([noisy, noisy]), torch.cat([clean, fake.detach()])).float().chunk(2)
+            d_real, d_fake = disc(torch.cat([noisy, noisy]), torch.cat([real, fake.detach()])).float().chunk(2)
         loss_d, _ = gan_losses(cfg.gan_loss, d_real, d_fake)
+        if cfg.r1_weight > 0:  # R1: the squared gradient norm of the discriminator on real pairs
+            grad, = torch.autograd.grad(d_real.sum(), real, create_graph=True)
+            loss_d = loss_d + cfg.r1_weight / 2 * grad.pow(2).flatten(1).sum(1).mean()
         opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         opt_d.step()
