@@ -90,10 +90,15 @@ GRAY_LEVEL_SCALE = 0.9
 NLF_MIN_BLOCKS = 32  # blocks a bin needs to stand on its own; sparser bins lean on the overall level
 
 
+def _nlf_bins(bright: torch.Tensor) -> torch.Tensor:
+    """The NLF_BINS brightness bin (0 .. NLF_BINS - 1) of each block brightness in [0, 1]."""
+    return (bright * NLF_BINS).long().clamp(max=NLF_BINS - 1)
+
+
 def _nlf_curve(bright: torch.Tensor, level: torch.Tensor, sigma: float) -> torch.Tensor:
     """Noise level (0-1 scale) in each of NLF_BINS brightness bins: the mean block estimate of the bin,
     pulled towards the overall level `sigma` in proportion to how few blocks the bin has."""
-    bins = (bright * NLF_BINS).long().clamp(max=NLF_BINS - 1)
+    bins = _nlf_bins(bright)
     count = torch.bincount(bins, minlength=NLF_BINS).double()
     total = torch.bincount(bins, weights=level.double(), minlength=NLF_BINS)
     trust = count / (count + NLF_MIN_BLOCKS)
@@ -143,7 +148,7 @@ def _wavelet_curve(bright: torch.Tensor, detail: torch.Tensor, level: torch.Tens
     level of the blocks' finest diagonal Haar coefficients (as Foi et al. 2008 read noise off wavelet
     detail per level set), a Poisson-Gaussian curve fitted to them, scaled so its mean over the blocks
     equals the estimator's. bright, level: (B,) per block; detail: (B,K) coefficients per block."""
-    bins = (bright * NLF_BINS).long().clamp(max=NLF_BINS - 1)
+    bins = _nlf_bins(bright)
     count = torch.bincount(bins, minlength=NLF_BINS).float()
     curve = torch.stack([_robust_level(detail[bins == i]) for i in range(NLF_BINS)])
     curve = _poisson_gaussian_fit(curve, count)
