@@ -6,7 +6,8 @@ import torch
 
 from ganlib.hub import Weights
 from ganlib.images import ImageData
-from ganlib.inference import denoise, denoise_image, estimate_noise_map, estimate_sigma, frequency_separation, restore
+from ganlib.inference import (REALISM_GAN_SHARE, denoise, denoise_image, detail_gain, estimate_noise_map, estimate_sigma,
+                              frequency_separation, restore)
 from ganlib.models import Generator, GeneratorConfig
 from ganlib.noise import add_noise
 
@@ -120,7 +121,8 @@ def test_denoise_image_keeps_metadata():
     assert torch.equal(out.pixels, denoise(weights.fidelity, image.pixels, 25.0, tile=16, overlap=8))
     gan = denoise_image(weights, image, sigma=25.0, realism=1.0)
     fid = denoise(weights.fidelity, image.pixels, 25.0)
-    expected = frequency_separation(denoise(weights.gan, image.pixels, 25.0), fid)
+    textured = frequency_separation(denoise(weights.generator(REALISM_GAN_SHARE), image.pixels, 25.0), fid)
+    expected = detail_gain(textured, fid, torch.full((1, 1, 30, 40), 25.0), 1.0)
     assert torch.allclose(gan.pixels, expected, atol=1e-6)
     with pytest.raises(ValueError):
         denoise_image(weights, image, realism=1.5)
@@ -138,8 +140,9 @@ def test_restore_uses_the_gray_model_for_gray_photos_only():
         assert restore(weights, ImageData(pixels=pixels), stride=2).gray_model
         assert not torch.allclose(out.image.pixels, denoise(weights.fidelity, pixels, 25.0))
     textured = restore(weights, ImageData(pixels=gray_rgb), sigma=25.0, realism=0.5).image.pixels
-    expected = frequency_separation(denoise(weights.generator(0.5, gray=True), gray_rgb, 25.0), denoise(weights.gray, gray_rgb, 25.0))
-    assert torch.allclose(textured, expected, atol=1e-6)
+    base = denoise(weights.gray, gray_rgb, 25.0)
+    expected = frequency_separation(denoise(weights.generator(0.5 * REALISM_GAN_SHARE, gray=True), gray_rgb, 25.0), base)
+    assert torch.allclose(textured, detail_gain(expected, base, torch.full((1, 1, 24, 24), 25.0), 0.5), atol=1e-6)
     without = Weights(fidelity=weights.fidelity, gan=weights.gan, source="test")  # no gray/: the colour model
     out = restore(without, ImageData(pixels=gray_rgb), sigma=25.0)
     assert torch.equal(out.image.pixels, denoise(weights.fidelity, gray_rgb, 25.0)) and not out.gray_model
@@ -376,6 +379,26 @@ def test_frequency_separation_takes_texture_from_one_and_tone_from_the_other():
     assert torch.allclose(frequency_separation(noise, noise), noise)  # the same image: unchanged
     with pytest.raises(ValueError, match="same shape"):
         frequency_separation(base, base[..., :40, :])
+
+
+def test_detail_gain_sharpens_in_proportion_to_the_noise_level_and_keeps_the_mean():
+    base = smooth(48, 64)
+    base[..., 20:28, :] += 0.2  # a bar across: the finest detail sits on its edges
+    base = base.clamp(0, 1)
+    levels = torch.zeros(1, 1, 48, 64)
+    levels[..., 32:] = 25.0  # noise on the right half only
+    out = detail_gain(base, base, levels, 1.0)
+    assert out.shape == base.shape and 0 <= float(out.min()) and float(out.max()) <= 1
+    assert torch.equal(out[..., :30], base[..., :30])  # no noise, no gain
+    step = lambda x: float((x[..., 20, 36:60] - x[..., 19, 36:60]).mean())  # the bar's edge
+    assert step(out) > 1.1 * step(base)  # detail raised where the noise was
+    assert abs(float((out - base).mean()) * 255) < 0.2  # tone kept
+    stronger = detail_gain(base, base, torch.full_like(levels, 50.0), 1.0)
+    half = detail_gain(base, base, torch.full_like(levels, 50.0), 0.5)
+    gain = lambda x: float((x - base).abs().mean())
+    assert gain(half) < gain(stronger) and gain(detail_gain(base, base, torch.full_like(levels, 25.0))) < gain(stronger)
+    with pytest.raises(ValueError, match="realism"):
+        detail_gain(base, base, levels, 1.5)
 
 
 def test_texture_gate_keeps_the_gan_texture_on_detail_and_off_flat_areas():
