@@ -76,8 +76,15 @@ def _check_image(image: torch.Tensor) -> None:
         raise ValueError(f"expected a float tensor (C,H,W) or (N,C,H,W) with 1 or 3 channels, got {shape}")
 
 
-def _srgb_to_linear(x: torch.Tensor) -> torch.Tensor:
+def srgb_to_linear(x: torch.Tensor) -> torch.Tensor:
+    """The sRGB transfer curve undone (IEC 61966-2-1): values in [0, 1] to linear light in [0, 1]."""
     return torch.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4)
+
+
+def srgb_slope(x: torch.Tensor) -> torch.Tensor:
+    """Derivative of the sRGB transfer curve (IEC 61966-2-1) with respect to linear light, at linear
+    values `x` in [0, 1]: how much a small linear-light noise is scaled on its way to 8-bit sRGB."""
+    return torch.where(x <= 0.0031308, torch.full_like(x, 12.92), 1.055 / 2.4 * x.clamp_min(0.0031308) ** (1 / 2.4 - 1))
 
 
 def _linear_to_srgb(x: torch.Tensor) -> torch.Tensor:
@@ -129,7 +136,7 @@ def add_noise(
     elif kind == "speckle":
         y = x * (1 + p["sigma"] * torch.randn(x.shape, generator=g))
     else:  # camera
-        lin = _srgb_to_linear(x.clamp(0, 1))
+        lin = srgb_to_linear(x.clamp(0, 1))
         shot = torch.poisson(lin * p["peak"], generator=g) / p["peak"]
         read = torch.randn(x.shape, generator=g) * (p["sigma"] / 255.0)
         y = _linear_to_srgb(shot + read)
@@ -159,10 +166,9 @@ def noise_std_map(image: torch.Tensor, kind: str, **params: float | None) -> tor
     elif kind == "speckle":
         std = p["sigma"] * x
     else:  # camera: propagate the linear-light std through the sRGB curve (first-order)
-        lin = _srgb_to_linear(x)
+        lin = srgb_to_linear(x)
         std_lin = (lin / p["peak"] + (p["sigma"] / 255.0) ** 2).sqrt()
-        slope = torch.where(lin <= 0.0031308, torch.full_like(lin, 12.92), 1.055 / 2.4 * lin.clamp_min(0.0031308) ** (1 / 2.4 - 1))
-        std = (slope * std_lin).clamp(max=0.5)
+        std = (srgb_slope(lin) * std_lin).clamp(max=0.5)
     return std.mean(dim=-3, keepdim=True)
 
 

@@ -187,6 +187,22 @@ def test_blind_map_reads_the_shape_of_signal_dependent_noise() -> None:
     assert float(fmap.min()) == pytest.approx(10.0, rel=0.05) and float(fmap.max()) == pytest.approx(10.0, rel=0.05)
 
 
+def test_blind_map_reads_camera_noise_falling_with_brightness() -> None:
+    """Camera noise (Poisson-Gaussian in linear light, then the sRGB curve) is strongest in the shadows;
+    the plain Poisson-Gaussian model cannot fall with brightness, the camera model can."""
+    from ganlib.noise import add_noise, informed_noise_map
+    from tests.test_inference import constant_estimator
+
+    ramp = torch.linspace(0.1, 0.9, 256).expand(1, 3, 128, 256).contiguous()
+    noisy = add_noise(ramp, "camera", peak=30, sigma=4, seed=0)
+    smap, sigma = estimate_noise_map(noisy, constant_estimator(10.0))
+    left, right = float(smap[..., 10:20].mean()), float(smap[..., -20:-10].mean())
+    true = informed_noise_map(ramp, "camera", peak=30, sigma=4)
+    assert float(true[..., 10:20].mean()) > 1.5 * float(true[..., -20:-10].mean())  # the truth falls ...
+    assert left > 1.5 * right  # ... and so does the map
+    assert right == pytest.approx(10.0, rel=0.05)  # where the shape reads lower, the estimator's level holds
+
+
 def test_blind_map_keeps_the_level_where_clipping_hides_the_noise() -> None:
     """Gaussian noise added before clipping: the dark half shows less of it, but its level is the same."""
     clean = torch.full((1, 3, 128, 256), 0.5)
