@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--sigma", type=_sigma, default=None, metavar="auto|S", help="noise level on the 0-255 scale, or 'auto' to estimate it per image (default)")
     d.add_argument("--weights", default=None, metavar="SRC", help="weights folder or Hub repo id (default: env GANLIB_WEIGHTS, else bundled checkpoints/)")
     d.add_argument("--revision", default=None, metavar="R", help="Hub revision (commit, tag or branch) to pin (default: env GANLIB_REVISION, else main)")
-    d.add_argument("--realism", type=_realism, default=0.0, metavar="A", help="0 = fidelity model (default), 1 = GAN model, in between = blend")
+    d.add_argument("--realism", type=_realism, default=0.0, metavar="A", help="0 = fidelity model (default); up to 1 = more GAN texture and fine detail (see restore)")
     d.add_argument("--tile", type=_count, default=512, metavar="N", help="tile side in pixels, bounds memory (0 = whole image at once; default 512)")
     d.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default="auto",  # = inference.PRECISIONS; torch stays unimported here
                    help="auto (default): bfloat16 where the CPU/GPU runs it natively (about 2.5x faster, -0.01 dB), else float32")
