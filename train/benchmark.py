@@ -1099,8 +1099,8 @@ def run_real(folder: str, limit: int | None, peer_limit: int | None, weights, pr
     automatic with pixel-shuffle stride 2 and its refinement (`restore(stride=2)`, the camera-photo mode), NLM with the best
     h per image (an oracle), CBM3D at the wavelet estimate of sigma (first `peer_limit` images), and
     ours at each realism of `realisms` (automatic strength). ensemble: also stride 2 with the x8
-    self-ensemble (`ours_stride2_x8`: the demo's camera-photo and best-quality boxes together, 40x the
-    time of stride 1)."""
+    self-ensemble (`ours_stride2_x8`: the demo's camera-photo and best-quality boxes together, 8x the
+    time of stride 2; about 25x that of stride 1 on CC15)."""
     pairs = real_pairs(folder, limit)
     n_peer = len(pairs) if peer_limit is None else min(peer_limit, len(pairs))
     sweep = [a for a in dict.fromkeys(realisms) if a != 0.0]
@@ -1221,7 +1221,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--gray", metavar="FOLDER", help="grayscale photos (e.g. ../shared/data/test-BSD68-gray) at --sigmas, --protocol, beside BM3D")
     p.add_argument("--real", metavar="FOLDER", help="real noisy photos NAME_real.png with ground truth NAME_mean.png (e.g. ../shared/data/real-CC15)")
     p.add_argument("--real-ensemble", action="store_true",
-                   help="with --real: also stride 2 with the x8 self-ensemble (the demo's camera-photo and best-quality boxes; 40x the time of stride 1)")
+                   help="with --real: also stride 2 with the x8 self-ensemble (the demo's camera-photo and best-quality boxes; about 25x the time of stride 1)")
     p.add_argument("--peer-limit", type=int, default=None, help="the slow peers (CBM3D, BM3D) on the first N images only (default all)")
     p.add_argument("--same-process", action="store_true", help="no worker processes (quick checks; peak memory then mixes methods)")
     p.add_argument("--tune-nlm", metavar="TRAIN_DIR", help="choose NLM strengths per sigma on training images and exit")
