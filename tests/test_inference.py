@@ -6,7 +6,7 @@ import torch
 
 from ganlib.hub import Weights
 from ganlib.images import ImageData
-from ganlib.inference import (REALISM_GAN_SHARE, denoise, denoise_image, detail_gain, estimate_noise_map, estimate_sigma,
+from ganlib.inference import (REALISM_GAN_SHARE, _fine_band, clean_fine_energy, denoise, gaussian_blur, denoise_image, detail_gain, estimate_noise_map, estimate_sigma,
                               frequency_separation, restore)
 from ganlib.models import Generator, GeneratorConfig
 from ganlib.noise import add_noise
@@ -122,7 +122,7 @@ def test_denoise_image_keeps_metadata():
     gan = denoise_image(weights, image, sigma=25.0, realism=1.0)
     fid = denoise(weights.fidelity, image.pixels, 25.0)
     textured = frequency_separation(denoise(weights.generator(REALISM_GAN_SHARE), image.pixels, 25.0), fid)
-    expected = detail_gain(textured, fid, torch.full((1, 1, 30, 40), 25.0), 1.0)
+    expected = detail_gain(textured, fid, torch.full((1, 1, 30, 40), 25.0), 1.0, noisy=image.pixels)
     assert torch.allclose(gan.pixels, expected, atol=1e-6)
     with pytest.raises(ValueError):
         denoise_image(weights, image, realism=1.5)
@@ -143,7 +143,7 @@ def test_restore_uses_the_gray_model_for_gray_photos_only():
     base = denoise(weights.gray, gray_rgb, 25.0)
     expected = frequency_separation(denoise(weights.generator(0.5 * REALISM_GAN_SHARE), gray_rgb, 25.0), base)  # colour blend, gray base
     assert torch.equal(textured, textured[:, :1].expand_as(textured))  # still gray
-    assert torch.allclose(textured, detail_gain(expected, base, torch.full((1, 1, 24, 24), 25.0), 0.5), atol=1e-6)
+    assert torch.allclose(textured, detail_gain(expected, base, torch.full((1, 1, 24, 24), 25.0), 0.5, noisy=gray_rgb), atol=1e-6)
     without = Weights(fidelity=weights.fidelity, gan=weights.gan, source="test")  # no gray/: the colour model
     out = restore(without, ImageData(pixels=gray_rgb), sigma=25.0)
     assert torch.equal(out.image.pixels, denoise(weights.fidelity, gray_rgb, 25.0)) and not out.gray_model
@@ -382,24 +382,44 @@ def test_frequency_separation_takes_texture_from_one_and_tone_from_the_other():
         frequency_separation(base, base[..., :40, :])
 
 
-def test_detail_gain_sharpens_in_proportion_to_the_noise_level_and_keeps_the_mean():
-    base = smooth(48, 64)
-    base[..., 20:28, :] += 0.2  # a bar across: the finest detail sits on its edges
-    base = base.clamp(0, 1)
-    levels = torch.zeros(1, 1, 48, 64)
-    levels[..., 32:] = 25.0  # noise on the right half only
-    out = detail_gain(base, base, levels, 1.0)
-    assert out.shape == base.shape and 0 <= float(out.min()) and float(out.max()) <= 1
-    assert torch.equal(out[..., :30], base[..., :30])  # no noise, no gain
-    step = lambda x: float((x[..., 20, 36:60] - x[..., 19, 36:60]).mean())  # the bar's edge
-    assert step(out) > 1.1 * step(base)  # detail raised where the noise was
-    assert abs(float((out - base).mean()) * 255) < 0.2  # tone kept
-    stronger = detail_gain(base, base, torch.full_like(levels, 50.0), 1.0)
-    half = detail_gain(base, base, torch.full_like(levels, 50.0), 0.5)
-    gain = lambda x: float((x - base).abs().mean())
-    assert gain(half) < gain(stronger) and gain(detail_gain(base, base, torch.full_like(levels, 25.0))) < gain(stronger)
+def test_detail_gain_gives_back_the_clean_fine_energy_where_there_was_noise():
+    g = torch.Generator().manual_seed(0)
+    clean = smooth(96, 128)
+    clean[..., 20:28, :] += 0.2  # a bar across, and fine texture everywhere: the detail a denoiser shrinks
+    clean = (clean + 0.03 * torch.randn(1, 3, 96, 128, generator=g)).clamp(0, 1)
+    noise = torch.zeros_like(clean)
+    noise[..., 48:] = 25 / 255 * torch.randn(1, 3, 96, 80, generator=g)  # noise on the right part only
+    noisy = clean + noise
+    levels = torch.zeros(1, 1, 96, 128)
+    levels[..., 48:] = 25.0
+    shrunk = clean.clone()  # a denoised result: less fine detail where there was noise
+    shrunk[..., 48:] = 0.8 * clean[..., 48:] + 0.2 * gaussian_blur(clean, 1.5)[..., 48:]
+    band = lambda x: float(_fine_band(x[..., 48:]).pow(2).mean())
+    estimate = clean_fine_energy(noisy[..., 48:], shrunk[..., 48:], levels[..., 48:])
+    assert abs(estimate / band(clean) - 1) < 0.15  # the noise's energy taken off, measured from the residual
+    assert clean_fine_energy(noise[..., 48:], torch.zeros_like(noise[..., 48:]), levels[..., 48:]) < 0.05 * band(clean)  # noise alone: nothing
+    out = detail_gain(shrunk, shrunk, levels, 1.0, noisy=noisy)
+    assert out.shape == clean.shape and 0 <= float(out.min()) and float(out.max()) <= 1
+    assert torch.equal(out[..., :48], shrunk[..., :48])  # no noise, no gain
+    assert band(shrunk) < 0.8 * band(clean) and abs(band(out) / band(clean) - 1) < 0.1  # the clean energy back
+    assert torch.nn.functional.mse_loss(out, clean) < torch.nn.functional.mse_loss(shrunk, clean)  # and it is the clean's detail
+    assert abs(float((out - shrunk).mean()) * 255) < 0.2  # tone kept
+    half = detail_gain(shrunk, shrunk, levels, 0.5, noisy=noisy)
+    inside = (out > 0) & (out < 1)  # not clamped
+    assert torch.allclose((half - shrunk)[inside], 0.5 * (out - shrunk)[inside], atol=1e-6)  # realism scales the gain
+    kept = detail_gain(clean, clean, levels, 1.0, noisy=noisy)  # as much detail as the clean already: (almost) left alone
+    assert float((kept - clean).abs().mean()) < 0.2 * float((out - shrunk).abs().mean())
     with pytest.raises(ValueError, match="realism"):
-        detail_gain(base, base, levels, 1.5)
+        detail_gain(shrunk, shrunk, levels, 1.5, noisy=noisy)
+    with pytest.raises(ValueError, match="same pixels"):
+        clean_fine_energy(noisy, shrunk[..., :40], levels)
+    fine = lambda x: x - gaussian_blur(x, 1.0)
+    inside = lambda x: (x > 0) & (x < 1)
+    fixed = detail_gain(shrunk, shrunk, levels, 0.8)  # an estimated map: the fixed gain
+    assert torch.allclose((fixed - shrunk)[inside(fixed)], (0.8 * 0.25 * fine(shrunk) * (levels / 25))[inside(fixed)], atol=1e-6)
+    flat = gaussian_blur(shrunk, 3.0)  # almost no fine detail left to raise: the matched gain stops at its cap
+    capped = detail_gain(flat, flat, levels, 1.0, noisy=noisy)
+    assert torch.allclose((capped - flat)[inside(capped)], (0.5 * fine(flat) * (levels / 25))[inside(capped)], atol=1e-6)
 
 
 def test_texture_gate_keeps_the_gan_texture_on_detail_and_off_flat_areas():
