@@ -382,12 +382,13 @@ def _gpu(fn):
 
 @_gpu
 def _run_network(weights: Weights, noisy: ImageData, sigma: float | torch.Tensor | None, realism: float, progress,
-                 ensemble: bool = False, impulses: bool | None = None, stride: int = 1) -> Restored:
-    """restore() on the GPU when there is one: returns its result (image, noise_map, sigma, estimated, ...)."""
+                 ensemble: bool = False, impulses: bool | None = None, stride: int = 1, sigma_estimated: bool = False) -> Restored:
+    """restore() on the GPU when there is one: returns its result (image, noise_map, sigma, estimated, ...);
+    sigma_estimated: `sigma` is the map estimated here, as restore() would have."""
     if torch.cuda.is_available():
         weights.to("cuda")
     return restore(weights, noisy, sigma=sigma, impulses=impulses, realism=realism, tile=TILE, overlap=OVERLAP, progress=progress,
-                   precision=PRECISION, ensemble=ensemble, stride=stride)
+                   precision=PRECISION, ensemble=ensemble, stride=stride, sigma_estimated=sigma_estimated)
 
 
 def _may_have_impulses(pixels: torch.Tensor, rows: int = 1024) -> bool:
@@ -629,7 +630,7 @@ def _run(image, noise_kind, noise_params, seed, strength, realism, progress, ens
         stages.start("network", "Estimating the noise level" if sigma is None else "Denoising")
         clock = _TileClock(progress, ensemble, stride, passes=2 if realism > 0 and impulses is False else 1)
         try:
-            restored = _run_network(weights, source, sigma, realism, clock, ensemble, impulses, stride)
+            restored = _run_network(weights, source, sigma, realism, clock, ensemble, impulses, stride, estimated_here)
         except torch.OutOfMemoryError:
             raise gr.Error("Out of memory while denoising; try a smaller image.") from None
         stages.stop()
@@ -637,8 +638,6 @@ def _run(image, noise_kind, noise_params, seed, strength, realism, progress, ens
         stages.seconds["network"] = round(clock.network_seconds(total), 3)
         if total - stages.seconds["network"] > 0.0005:  # restore()'s own noise estimate and impulse check
             stages.seconds["estimate"] = round(stages.seconds.get("estimate", 0.0) + total - stages.seconds["network"], 3)
-        if estimated_here:
-            restored.estimated = True
         skipped = False
     denoised: ImageData = restored.image
     map_kind = "manual" if strength is not None else ("estimated" if restored.estimated else "informed")

@@ -128,6 +128,21 @@ def test_denoise_image_keeps_metadata():
         denoise_image(weights, image, realism=1.5)
 
 
+def test_restore_takes_a_given_map_as_known_unless_told_it_was_estimated():
+    weights = Weights(fidelity=tiny(), gan=tiny(seed=9), source="test")
+    noisy = noisy_image(32, 40)
+    smap = torch.full((1, 1, 32, 40), 25.0)
+    fid = denoise(weights.fidelity, noisy, smap)
+    textured = frequency_separation(denoise(weights.generator(REALISM_GAN_SHARE), noisy, smap), fid)
+    known = restore(weights, ImageData(pixels=noisy), sigma=smap, realism=1.0)
+    told = restore(weights, ImageData(pixels=noisy), sigma=smap, realism=1.0, sigma_estimated=True)
+    assert not known.estimated and told.estimated
+    assert torch.allclose(known.image.pixels, detail_gain(textured, fid, smap, 1.0, noisy=noisy), atol=1e-6)  # matched gain
+    assert torch.allclose(told.image.pixels, detail_gain(textured, fid, smap, 1.0), atol=1e-6)  # fixed gain
+    assert not torch.allclose(known.image.pixels, told.image.pixels)
+    assert restore(weights, ImageData(pixels=noisy), sigma=smap, stride=2, sigma_estimated=True).estimated
+
+
 def test_restore_uses_the_gray_model_for_gray_photos_only():
     weights = Weights(fidelity=tiny(), gan=tiny(seed=9), source="test", gray=tiny(seed=5))
     colour = noisy_image(24, 24)
