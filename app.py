@@ -750,7 +750,8 @@ def realism_view(weights: Weights, noisy: torch.Tensor, denoised: torch.Tensor, 
     diff = float((a - b).abs().mean()) * 255
     return (f"**Realism {realism:g} against 0** on the most textured {side}x{side} window (x={x}, y={y}), at 200%: "
             f"mean difference {diff:.2f} levels. Realism blends the two networks' weights towards the GAN stage for texture, "
-            "then gives back the fine detail that denoising shrank, in proportion to the noise level. "
+            "then raises the fine detail that denoising shrank, in proportion to the noise level (when the noise is known, "
+            "up to the clean photo's detail, estimated from the noisy one). "
             "The GAN's texture goes only where the photo has detail: flat areas (sky, skin, walls) stay smooth.")
 
 

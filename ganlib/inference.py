@@ -123,6 +123,13 @@ def _robust_level(coef: torch.Tensor) -> torch.Tensor:
     return a[a <= a.quantile(_TRIM)].mean() / _TRIMMED_MEAN
 
 
+def _haar_diagonal(x: torch.Tensor) -> torch.Tensor:
+    """The finest diagonal Haar coefficients of a (N,C,H,W) image: the same standard deviation as white noise in it."""
+    h, w = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2
+    x = x[..., :h, :w]
+    return (x[..., 0::2, 0::2] - x[..., 0::2, 1::2] - x[..., 1::2, 0::2] + x[..., 1::2, 1::2]) / 2
+
+
 # The camera model of _poisson_gaussian_fit raises the curve only where its residual is below this share
 # of the plain model's: chosen on 15 held-back training crops (see _poisson_gaussian_fit).
 NLF_CAMERA_MARGIN = 0.5
@@ -257,7 +264,7 @@ def estimate_noise_map(image: torch.Tensor, estimator: NoiseEstimator, *, tile: 
         keep = ~flat & (extreme < 0.5) & torch.isfinite(level)  # saturated: half the values at 0 or 1
         if alpha is not None:
             keep &= F.avg_pool2d(alpha[..., y : y + ph, x0 : x0 + pw].float(), 4).flatten() >= 0.5
-        hh = (crop[..., 0::2, 0::2] - crop[..., 0::2, 1::2] - crop[..., 1::2, 0::2] + crop[..., 1::2, 1::2]) / 2
+        hh = _haar_diagonal(crop)
         detail = F.pixel_unshuffle(hh, 2)[0].reshape(hh.shape[1] * 4, -1).T  # 4 diagonal Haar coefficients per channel and block
         levels.append(level[keep])
         brightness.append(mean[keep])
@@ -712,13 +719,6 @@ def _fine_band_white() -> float:
     delta = torch.zeros(1, 1, 15, 15)
     delta[..., 7, 7] = 1.0
     return float((_fine_band(delta) ** 2).sum())
-
-
-def _haar_diagonal(x: torch.Tensor) -> torch.Tensor:
-    """The finest diagonal Haar coefficients of a (N,C,H,W) image: the same standard deviation as white noise in it."""
-    h, w = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2
-    x = x[..., :h, :w]
-    return (x[..., 0::2, 0::2] - x[..., 0::2, 1::2] - x[..., 1::2, 0::2] + x[..., 1::2, 1::2]) / 2
 
 
 def clean_fine_energy(noisy: torch.Tensor, denoised: torch.Tensor, noise_map: torch.Tensor) -> float:
