@@ -782,7 +782,8 @@ def detail_gain(image: torch.Tensor, base: torch.Tensor, noise_map: torch.Tensor
     (-1.05 / -0.79 / -1.02), SSIM -0.011 / -0.011 / -0.031 (the same), detail ratio 1.02 / 1.00 / 0.99 (1.03
     / 1.00 / 0.99), its spread between photos less (standard deviation at sigma 25 0.055 against 0.083);
     camera noise (peak 30, read 4) 1.00 at -0.91 dB (1.01 at -1.01), with JPEG 75 1.03 at -0.91 (0.99 at
-    -0.68). On six scikit-image photos (sigma 25; nothing was chosen on them): detail 0.96 at -0.64 dB
+    -0.68). On six scikit-image photos (sigma 25; a check, though retina among them showed the need for
+    the cap): detail 0.96 at -0.64 dB
     (fixed: 0.94 at -0.54): photos whose fine texture the fidelity model smooths more get more gain.
     Not used on estimated maps: where the map reads low the denoised result keeps noise, the residual
     reads the noise low, and the leftover noise is raised (held-back photos at the estimated strength:
