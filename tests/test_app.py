@@ -353,11 +353,11 @@ def test_metrics_say_which_realism_ran(app, rgb_png):
     assert "realism 0.00 (fidelity)" in app._metrics_markdown(app.run(str(rgb_png), "gaussian", {"sigma": 25}, seed=0))
 
 
-def use_weights_reading_17(app, tmp_path, monkeypatch) -> Path:
-    """Tiny fidelity weights plus an estimator that reads sigma 17 everywhere, as the app's weights."""
+def use_weights_reading_17(app, tmp_path, monkeypatch, gan: bool = False) -> Path:
+    """Tiny fidelity weights (and GAN stage) plus an estimator that reads sigma 17 everywhere, as the app's weights."""
     from ganlib.models import EstimatorConfig, NoiseEstimator
 
-    folder = make_weights(tmp_path / "w", gan=False)
+    folder = make_weights(tmp_path / "w", gan=gan)
     est = NoiseEstimator(EstimatorConfig(width=8))
     with torch.no_grad():
         est.out.weight.zero_()
@@ -610,6 +610,26 @@ def test_impulse_precheck_and_fast_estimate(app, rgb_png, tmp_path, monkeypatch)
     noisy_png = save_image(ImageData(pixels=peppered), tmp_path / "peppered.png")
     m = app.run(str(noisy_png), "none").metrics
     assert seen[-1] is None and m["noise_map"] == "estimated"  # restore() checks for impulses and estimates itself
+
+
+def test_the_demo_tells_restore_which_maps_it_estimated(app, rgb_png, tmp_path, monkeypatch):
+    """Realism's detail gain is matched to the clean photo only for a known noise level: the demo's own
+    estimate must reach restore() as estimated, added noise and a hand-set strength as known."""
+    use_weights_reading_17(app, tmp_path, monkeypatch, gan=True)  # the demo estimates the map itself
+    seen = []
+    real = app.restore
+    def spy(*args, **kwargs):
+        out = real(*args, **kwargs)
+        seen.append(out.estimated)  # what restore() took the map for (fixed or matched detail gain)
+        return out
+
+    monkeypatch.setattr(app, "restore", spy)
+    assert app.run(str(rgb_png), "none", realism=1.0).metrics["noise_map"] == "estimated" and seen[0] is True
+    seen.clear()
+    assert app.run(str(rgb_png), "gaussian", {"sigma": 25}, seed=0, realism=1.0).metrics["noise_map"] == "informed"
+    assert seen[0] is False
+    seen.clear()
+    assert app.run(str(rgb_png), "none", strength=20.0, realism=1.0).metrics["noise_map"] == "manual" and seen[0] is False
 
 
 def test_realism_tab_shows_realism_zero_beside_the_chosen_one(app, rgb_png):
