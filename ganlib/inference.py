@@ -739,13 +739,14 @@ def clean_fine_energy(noisy: torch.Tensor, denoised: torch.Tensor, noise_map: to
     h, w = noisy.shape[-2] // 2 * 2, noisy.shape[-1] // 2 * 2
     if h == 0 or w == 0:
         return energy
-    level = F.avg_pool2d(noise_map.float()[:1, :1, :h, :w].clamp(min=0) / 255.0, 2)  # the map on the coefficients' grid
+    std = noise_map.float()[:1, :1].clamp(min=0) / 255.0
+    level = F.avg_pool2d(std[..., :h, :w], 2)  # the map on the coefficients' grid
     coef = _haar_diagonal((noisy.float() - denoised.float()).mean(1, keepdim=True))
     noisy_at = level > 0.5 / 255.0  # half a level: below it the map says there is no noise
     if not bool(noisy_at.any()):
         return energy
     scale = float(_robust_level(coef[noisy_at] / level[noisy_at]))  # luminance noise per unit of the map
-    noise = scale * scale * float(noise_map.float().clamp(min=0).div(255.0).pow(2).mean())
+    noise = scale * scale * float(std.pow(2).mean())
     return max(0.0, energy - _fine_band_white() * noise)
 
 
@@ -783,8 +784,7 @@ def detail_gain(image: torch.Tensor, base: torch.Tensor, noise_map: torch.Tensor
     / 1.00 / 0.99), its spread between photos less (standard deviation at sigma 25 0.055 against 0.083);
     camera noise (peak 30, read 4) 1.00 at -0.91 dB (1.01 at -1.01), with JPEG 75 1.03 at -0.91 (0.99 at
     -0.68). On six scikit-image photos (sigma 25; a check, though retina among them showed the need for
-    the cap): detail 0.96 at -0.64 dB
-    (fixed: 0.94 at -0.54): photos whose fine texture the fidelity model smooths more get more gain.
+    the cap): detail 0.96 at -0.64 dB (fixed: 0.94 at -0.54): photos whose fine texture the fidelity model smooths more get more gain.
     Not used on estimated maps: where the map reads low the denoised result keeps noise, the residual
     reads the noise low, and the leftover noise is raised (held-back photos at the estimated strength:
     camera noise with JPEG 75 1.20 at -1.21 dB against the fixed gain's 1.10 at -0.65; Gaussian sigma
@@ -800,7 +800,7 @@ def detail_gain(image: torch.Tensor, base: torch.Tensor, noise_map: torch.Tensor
     if noisy is not None:
         u, v = _fine_band(image), _fine_band(shape * detail)
         a, b, q = float(u.pow(2).mean()), 2.0 * float((u * v).mean()), float(v.pow(2).mean())
-        target = clean_fine_energy(noisy, base, shape.new_zeros(1, 1, *noisy.shape[-2:]) + noise_map.float())
+        target = clean_fine_energy(noisy, base, noise_map.float().expand(1, 1, *noisy.shape[-2:]))
         # energy(image + c * shape * detail) = a + b c + q c^2 = target: its larger root, 0 when none is positive
         c = (-b + math.sqrt(b * b + 4 * q * (target - a))) / (2 * q) if q > 0 and target > a else 0.0
         c = min(max(c, 0.0), max_matched)
