@@ -11,7 +11,8 @@ A pixel (per channel) is taken for an impulse when it sits at 0 or 1 and few of 
 of its 5x5 window share that value: fewer than impulses scattered at random would give, at the
 image's own density of isolated extremes f (mean 24 f plus five standard deviations plus three, at
 most 70%). Scattered extremes are impulses, even when they hit half the pixels; saturated areas (a
-white sky, a black background, deep shadows) are not.
+white sky, a black background, deep shadows) are not. Two-level images (line art, text, dithered
+scans: nearly every value at 0 or 1) are not treated at all (`may_have_impulses`).
 
 Images: float32 (1,C,H,W) in [0, 1].
 """
@@ -24,6 +25,7 @@ import torch
 EXTREME = 0.5 / 255  # values within half an 8-bit level of 0 or 1 count as extremes
 MAX_WINDOW = 11
 MIN_FRACTION = 0.002  # below this share of isolated extremes a photo is not treated for impulses
+BILEVEL_SHARE = 0.99  # from this share of values at 0 or 1 up, an image is two-level (black and white), not noisy
 _CHUNK = 1 << 16  # damaged pixels per batch of window medians (bounded memory on huge photos)
 
 
@@ -62,13 +64,17 @@ def spread_tiles(h: int, w: int, tile: int, max_tiles: int) -> list[tuple[int, i
 
 
 def may_have_impulses(image: torch.Tensor, *, min_fraction: float = MIN_FRACTION, rows: int = 1024) -> bool:
-    """Whether at least `min_fraction` of the values sit at 0 or 1: impulses are such values, so below
-    that no impulse check can reach the threshold. One pass in blocks of `rows` rows (no image-sized copy)."""
+    """Whether impulse noise could be found: at least `min_fraction` of the values sit at 0 or 1
+    (impulses are such values, so below that no impulse check can reach the threshold), but fewer than
+    BILEVEL_SHARE of them. In a two-level (black and white) image, line art, text or a dithered scan,
+    every value is 0 or 1: impulses cannot be told from the drawing, and the switching median would
+    erase it (a dithered text scan came back with 54% of its pixels changed). One pass in blocks of
+    `rows` rows (no image-sized copy)."""
     extremes = 0
     for y in range(0, image.shape[-2], rows):
         block = image[..., y : y + rows, :]
         extremes += int(((block <= EXTREME) | (block >= 1 - EXTREME)).sum())
-    return extremes >= min_fraction * image.numel()
+    return min_fraction * image.numel() <= extremes < BILEVEL_SHARE * image.numel()
 
 
 REFINE_SIGMA = 12.0  # per-channel impulses

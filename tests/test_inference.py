@@ -320,6 +320,23 @@ def test_restore_reports_the_map_and_removes_impulses():
         restore(weights, ImageData(pixels=noisy), sigma=float("nan"), impulses=False)
 
 
+def test_restore_leaves_a_two_level_image_alone():
+    """Line art, text or a dithered scan is all 0s and 1s: not salt & pepper noise (the switching
+    median would erase it) and not noisy (every block is saturated)."""
+    model = tiny()
+    with torch.no_grad():  # the identity: only the impulse treatment would change the image
+        model.tail.weight.zero_()
+        model.tail.bias.zero_()
+    g = torch.Generator().manual_seed(0)
+    dithered = (smooth(64, 80)[:, :1] > torch.rand(1, 1, 64, 80, generator=g)).float()
+    weights = Weights(fidelity=model, source="mem", estimator=constant_estimator(12.0))
+    res = restore(weights, ImageData(pixels=dithered))
+    assert not res.impulses and res.sigma == 0.0
+    assert torch.equal(res.image.pixels, dithered)
+    forced = restore(weights, ImageData(pixels=dithered), impulses=True)  # the caller's word still goes
+    assert forced.impulses and not torch.equal(forced.image.pixels, dithered)
+
+
 def test_restore_ignores_transparent_pixels_in_the_estimate():
     model = tiny()
     est = constant_estimator(12.0)
