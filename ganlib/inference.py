@@ -248,7 +248,7 @@ def _wavelet_curve(bright: torch.Tensor, detail: torch.Tensor, level: torch.Tens
     bins = _nlf_bins(bright)
     count = torch.bincount(bins, minlength=NLF_BINS).float()
     readings = torch.stack([_robust_level(detail[bins == i]) for i in range(NLF_BINS)])
-    dependent = bool((count >= NLF_MIN_BLOCKS).any()) and _signal_share(readings, count) >= NLF_SIGNAL_SHARE
+    dependent = _signal_share(readings, count) >= NLF_SIGNAL_SHARE
     curve = _signal_dependent_fit(readings, count) if dependent else _poisson_gaussian_fit(readings, count)
     scale = level.mean() / curve[bins].mean().clamp_min(1e-6)
     return curve * scale, dependent
@@ -280,9 +280,9 @@ def estimate_noise_map(image: torch.Tensor, estimator: NoiseEstimator, *, tile: 
        clipping, and the generator expects that level). Constant for Gaussian noise, rising with
        brightness for Poisson and speckle noise. Where the wavelet readings rise with brightness from
        almost no floor (Poisson, speckle: see `_wavelet_curve`), their curve is used alone: the
-       estimator's flattened curve would overstate the dark bins two- to fourfold. Measured on 15 held-back training crops against the
-       estimator's curve alone: +0.06 to +0.68 dB on clipped Gaussian, Poisson, speckle and camera
-       noise (Kodak24, where little is clipped: -0.01 to +0.29).
+       estimator's flattened curve would overstate the dark bins two- to fourfold. Measured on 15
+       held-back training crops against the estimator's curve alone: +0.06 to +0.68 dB on clipped
+       Gaussian, Poisson, speckle and camera noise (Kodak24, where little is clipped: -0.01 to +0.29).
     A gray image (1 channel, or R = G = B) has its block estimates scaled by GRAY_LEVEL_SCALE.
     Raises ValueError for a malformed image, alpha, tile or max_tiles.
     """
