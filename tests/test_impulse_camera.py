@@ -252,3 +252,34 @@ def test_whole_pixel_share_tells_whole_pixel_impulses_from_per_channel_ones() ->
     whole = impulse_mask(add_noise(clean, "salt_pepper", seed=0, amount=0.05, whole_pixel=True, quantize=True))
     assert whole_pixel_share(per_channel) < 0.05 and whole_pixel_share(whole) > 0.95
     assert whole_pixel_share(torch.zeros_like(whole)) == 0.0
+
+
+def test_the_noise_level_fits_are_non_negative_least_squares() -> None:
+    """_weighted_fit is exact NNLS (checked against SciPy's), and the signal-dependent fit recovers a
+    multiplicative (speckle) and a Poisson-Gaussian curve from their bin readings."""
+    from scipy.optimize import nnls
+
+    from ganlib.inference import NLF_BINS, _signal_dependent_fit, _signal_share, _weighted_fit
+
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        cols = torch.rand(12, 3, generator=g, dtype=torch.float64)
+        v = torch.randn(12, generator=g, dtype=torch.float64)
+        w = torch.rand(12, generator=g, dtype=torch.float64) + 0.1
+        coef, res = _weighted_fit(cols, v, w)
+        ref, _ = nnls((cols * w.sqrt()[:, None]).numpy(), (v * w.sqrt()).numpy())
+        assert np.allclose(coef.numpy(), ref, atol=1e-8)
+        assert res == pytest.approx(float((w * (cols @ coef - v) ** 2).sum()))
+    x = (torch.arange(NLF_BINS, dtype=torch.float64) + 0.5) / NLF_BINS
+    count = torch.full((NLF_BINS,), 100.0)
+    speckle = (0.1 * x).float()  # level proportional to brightness
+    assert _signal_share(speckle, count) == pytest.approx(1.0)  # the linear fit's intercept is negative: no floor
+    assert torch.allclose(_signal_dependent_fit(speckle, count), speckle, rtol=1e-4)
+    poisson = (0.03**2 + 0.01 * x).sqrt().float()  # a read-noise floor, then shot noise
+    assert _signal_share(poisson, count) == pytest.approx(0.005 / (0.03**2 + 0.005), rel=1e-3)
+    assert torch.allclose(_signal_dependent_fit(poisson, count), poisson, rtol=1e-4)
+    flat = torch.full((NLF_BINS,), 0.05)
+    assert _signal_share(flat, count) < 0.05
+    sparse = count.clone()
+    sparse[2:] = 0  # readings in two neighbouring bins only: no slope to speak of
+    assert _signal_share(speckle, sparse) == 0.0
