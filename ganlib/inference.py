@@ -158,13 +158,33 @@ def _weighted_fit(columns: torch.Tensor, v: torch.Tensor, w: torch.Tensor) -> tu
     return best
 
 
+def _bin_centres() -> torch.Tensor:
+    """The NLF_BINS brightness bins' centres in [0, 1], float64."""
+    return (torch.arange(NLF_BINS, dtype=torch.float64) + 0.5) / NLF_BINS
+
+
+def _linear_fit(curve: torch.Tensor, count: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(a, b) of sigma^2 = a + b * brightness fitted (unconstrained) to the bins with enough blocks,
+    weighted by their blocks; None when those bins lie closer than NLF_BINS // 8 bins apart (a slope
+    needs room) or there are none."""
+    good = count >= NLF_MIN_BLOCKS
+    spread = torch.nonzero(good).flatten()
+    if spread.numel() == 0 or spread.max() - spread.min() < NLF_BINS // 8:
+        return None
+    b = _bin_centres()
+    sw = count[good].double().sqrt()
+    design = torch.stack([torch.ones_like(b), b], 1)[good] * sw[:, None]
+    a, slope = torch.linalg.lstsq(design, (curve[good].double() ** 2 * sw)[:, None]).solution[:, 0]
+    return a, slope
+
+
 def _poisson_gaussian_fit(curve: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
     """The noise-level function fitted to the bins with enough blocks, weighted by their blocks, over
     the whole range: the ends that clipping hides are extrapolated, and texture that lifts one bin is
     averaged out.
     - The Poisson-Gaussian model of Foi et al. 2008 on the image's values, sigma^2 = a + b * brightness
-      (b >= 0): Gaussian, Poisson and speckle-like noise. A constant when those bins are fewer than
-      three apart (a slope needs room).
+      (b >= 0; `_linear_fit`): Gaussian, Poisson and speckle-like noise. A constant when those bins
+      lie too close for a slope.
     - Camera noise is Poisson-Gaussian in linear light and passes the sRGB transfer curve, whose steep
       dark end amplifies the sensor's read noise: its level falls with brightness, which the first
       model cannot follow. So the same model is also fitted in linear light, sigma^2 = slope(l)^2 * (a +
@@ -178,14 +198,13 @@ def _poisson_gaussian_fit(curve: torch.Tensor, count: torch.Tensor) -> torch.Ten
     good = count >= NLF_MIN_BLOCKS
     if not good.any():
         return curve
-    b = (torch.arange(NLF_BINS, dtype=torch.float64) + 0.5) / NLF_BINS
+    b = _bin_centres()
     w = count[good].double()
     v = curve[good].double() ** 2
     fit = torch.full_like(b, float((w * v).sum() / w.sum()))
-    spread = torch.nonzero(good).flatten()
-    if spread.max() - spread.min() >= NLF_BINS // 8:
-        design = torch.stack([torch.ones_like(b), b], 1)[good] * w.sqrt()[:, None]
-        a, slope = torch.linalg.lstsq(design, (v * w.sqrt())[:, None]).solution[:, 0]
+    linear = _linear_fit(curve, count)
+    if linear is not None:
+        a, slope = linear
         if slope >= 0:
             fit = a + slope * b
         lin = srgb_to_linear(b)
@@ -203,18 +222,12 @@ NLF_SIGNAL_SHARE = 0.8
 
 def _signal_share(curve: torch.Tensor, count: torch.Tensor) -> float:
     """Share of the noise variance at mid-gray that grows with brightness, from the Poisson-Gaussian
-    fit sigma^2 = a + b * brightness to the bins with enough blocks: b/2 / (a + b/2), 0 when the noise
-    does not rise with brightness or the bins are too few or too close for a slope."""
-    good = count >= NLF_MIN_BLOCKS
-    spread = torch.nonzero(good).flatten()
-    if spread.numel() < 2 or spread.max() - spread.min() < NLF_BINS // 8:
+    fit sigma^2 = a + b * brightness (`_linear_fit`): b/2 / (a + b/2), 0 when the noise does not rise
+    with brightness or the bins are too few or too close for a slope."""
+    linear = _linear_fit(curve, count)
+    if linear is None or linear[1] <= 0:
         return 0.0
-    b = (torch.arange(NLF_BINS, dtype=torch.float64) + 0.5) / NLF_BINS
-    sw = count[good].double().sqrt()
-    design = torch.stack([torch.ones_like(b), b], 1)[good] * sw[:, None]
-    a, slope = torch.linalg.lstsq(design, (curve[good].double() ** 2 * sw)[:, None]).solution[:, 0]
-    if slope <= 0:
-        return 0.0
+    a, slope = linear
     return float(slope / 2 / (a.clamp_min(0) + slope / 2))
 
 
@@ -223,7 +236,7 @@ def _signal_dependent_fit(curve: torch.Tensor, count: torch.Tensor) -> torch.Ten
     to the bins with enough blocks, weighted by their blocks: the Poisson-Gaussian model of Foi et al.
     2008 plus a multiplicative term, which speckle's level (proportional to the signal) needs."""
     good = count >= NLF_MIN_BLOCKS
-    b = (torch.arange(NLF_BINS, dtype=torch.float64) + 0.5) / NLF_BINS
+    b = _bin_centres()
     columns = torch.stack([torch.ones_like(b), b, b * b], 1)
     v = curve[good].double() ** 2
     coef, _ = _weighted_fit(columns[good], v, count[good].double())
