@@ -89,26 +89,7 @@ NLF_BINS = 16  # intensity bins of the noise-level function
 # The estimator reads channel-identical (gray) noise 12-15% high (Gaussian 15/25/50 on 12 CBSD432 and
 # 10 Sun80 training photos made gray); scaled by 0.9 the automatic strength gains 0.01-0.48 dB there.
 GRAY_LEVEL_SCALE = 0.9
-# ... and reads gray texture as a floor of noise, which weighs on low levels (Gaussian 5 read 1.41x,
-# 10 1.18x, 25 1.12x): see gray_level_scale. Fitted on the 32 held-back training photos made gray.
-GRAY_TEXTURE_FLOOR = 5.5  # 0-255 levels, taken out in quadrature
-GRAY_FLOOR_GAIN = 1.08  # the estimator's over-reading once the floor is out
-GRAY_MIN_SCALE = 0.7
 NLF_MIN_BLOCKS = 32  # blocks a bin needs to stand on its own; sparser bins lean on the overall level
-
-
-def gray_level_scale(level: float) -> float:
-    """Factor for the estimator's block levels on a gray image (1 channel, or R = G = B), given their
-    mean `level` (0-255): min(GRAY_LEVEL_SCALE, sqrt(1 - (GRAY_TEXTURE_FLOOR / level)^2) / GRAY_FLOOR_GAIN),
-    at least GRAY_MIN_SCALE. The estimator's reading of gray noise is modelled as its true level, 8%
-    high, plus a floor of texture read as noise, added in quadrature (the way independent variances
-    add); the floor matters at low levels and the constant 0.9 at high ones (they meet near sigma 20).
-    On the 32 held-back training photos made gray (320-pixel centre crops, Gaussian noise) against the
-    constant 0.9: sigma 5 / 10 / 15 +0.37 / +0.04 / +0.01 dB, unchanged from 25 up."""
-    if not math.isfinite(level) or level <= GRAY_TEXTURE_FLOOR:
-        return GRAY_MIN_SCALE
-    floored = math.sqrt(1.0 - (GRAY_TEXTURE_FLOOR / level) ** 2) / GRAY_FLOOR_GAIN
-    return max(GRAY_MIN_SCALE, min(GRAY_LEVEL_SCALE, floored))
 
 
 def _nlf_bins(bright: torch.Tensor) -> torch.Tensor:
@@ -315,7 +296,7 @@ def estimate_noise_map(image: torch.Tensor, estimator: NoiseEstimator, *, tile: 
        estimator's flattened curve would overstate the dark bins two- to fourfold. Measured on 15
        held-back training crops against the estimator's curve alone: +0.06 to +0.68 dB on clipped
        Gaussian, Poisson, speckle and camera noise (Kodak24, where little is clipped: -0.01 to +0.29).
-    A gray image (1 channel, or R = G = B) has its block estimates scaled by `gray_level_scale`.
+    A gray image (1 channel, or R = G = B) has its block estimates scaled by GRAY_LEVEL_SCALE.
     Raises ValueError for a malformed image, alpha, tile or max_tiles.
     """
     if image.dim() != 4 or image.shape[0] != 1 or image.shape[1] not in (1, 3):
@@ -355,19 +336,17 @@ def estimate_noise_map(image: torch.Tensor, estimator: NoiseEstimator, *, tile: 
         clipped.append(extreme[keep] > CLIPPED_SHARE)
         details.append(detail[keep])
     level = torch.cat(levels) if levels else torch.zeros(0)
+    if gray:
+        level = level * GRAY_LEVEL_SCALE
     if level.numel() == 0:
         return torch.zeros(1, 1, h, w), 0.0
     sigma = float(level.double().mean()) * 255.0
     bright = torch.cat(brightness).clamp(0, 1)
     curve = _nlf_curve(bright, level, sigma / 255.0)
     clear = ~torch.cat(clipped)
-    dependent = False
     if int(clear.sum()) >= NLF_MIN_BLOCKS:
         shape, dependent = _wavelet_curve(bright[clear], torch.cat(details)[clear], level[clear])
         curve = shape if dependent else torch.maximum(curve, shape)
-    if gray:  # both curves scale with the block levels: the gray bias is taken out of the result
-        scale = GRAY_LEVEL_SCALE if dependent else gray_level_scale(sigma)
-        curve, sigma = curve * scale, sigma * scale
     local = F.avg_pool2d(x.mean(1, keepdim=True), 4, ceil_mode=True)
     local = F.avg_pool2d(F.pad(local, (1, 1, 1, 1), mode="replicate"), 3, stride=1)  # brightness, not its noise
     local = local.clamp(0, 1) * NLF_BINS - 0.5

@@ -267,13 +267,11 @@ def test_estimate_sigma_with_an_estimator_tiles_and_channels():
     calls.clear()
     estimate_sigma(x, est, tile=32, max_tiles=1)
     assert len(calls) == 1
-    from ganlib.inference import gray_level_scale
+    from ganlib.inference import GRAY_LEVEL_SCALE
 
     gray = x.mean(dim=1, keepdim=True)  # gray input, 1 channel or R = G = B: the estimator's gray bias taken out
-    assert gray_level_scale(12.0) < 0.85
-    assert estimate_sigma(gray, constant_estimator(12.0)) == pytest.approx(12.0 * gray_level_scale(12.0), rel=1e-4)
-    assert estimate_sigma(gray.expand(-1, 3, -1, -1), constant_estimator(12.0)) == pytest.approx(12.0 * gray_level_scale(12.0), rel=1e-4)
-    assert estimate_sigma(gray, constant_estimator(40.0)) == pytest.approx(40.0 * 0.9, rel=1e-4)
+    assert estimate_sigma(gray, constant_estimator(12.0)) == pytest.approx(12.0 * GRAY_LEVEL_SCALE, rel=1e-4)
+    assert estimate_sigma(gray.expand(-1, 3, -1, -1), constant_estimator(12.0)) == pytest.approx(12.0 * GRAY_LEVEL_SCALE, rel=1e-4)
     assert estimate_sigma(x, constant_estimator(12.0)) == pytest.approx(12.0, rel=1e-4)  # colour: as read
     with pytest.raises(ValueError, match="tile must be >= 8 and max_tiles >= 1"):
         estimate_sigma(x, est, max_tiles=0)
@@ -516,16 +514,3 @@ def test_keep_brightness_takes_back_unexplained_shifts_only() -> None:
     lifted = torch.where(half > 0, half + 5 / 255, half).clamp(0, 1)  # +2.5 levels on average
     shift = (keep_brightness(half, lifted.clone(), 100.0).mean((2, 3)) - half.mean((2, 3))) * 255
     assert float(shift.max()) <= BRIGHTNESS_SLACK + 0.25  # one pass: 0.75 + 1.75 / 2 = 1.63
-
-
-def test_gray_level_scale_takes_a_texture_floor_out_in_quadrature():
-    from ganlib.inference import GRAY_FLOOR_GAIN, GRAY_LEVEL_SCALE, GRAY_MIN_SCALE, GRAY_TEXTURE_FLOOR, gray_level_scale
-
-    levels = [0.0, 3.0, 6.0, 8.0, 10.0, 15.0, 20.0, 25.0, 50.0, 200.0]
-    scales = [gray_level_scale(v) for v in levels]
-    assert scales == sorted(scales)  # a higher reading never gives a lower level
-    assert scales[0] == scales[1] == GRAY_MIN_SCALE and gray_level_scale(float("nan")) == GRAY_MIN_SCALE
-    assert scales[-2] == scales[-1] == GRAY_LEVEL_SCALE  # high levels: the constant over-reading only
-    for v in (10.0, 15.0, 20.0):  # low levels: reading^2 = (gain x true level)^2 + floor^2
-        true = v * gray_level_scale(v)
-        assert (GRAY_FLOOR_GAIN * true) ** 2 + GRAY_TEXTURE_FLOOR ** 2 == pytest.approx(v * v, rel=1e-9)
