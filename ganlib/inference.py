@@ -163,6 +163,12 @@ def _bin_centres() -> torch.Tensor:
     return (torch.arange(NLF_BINS, dtype=torch.float64) + 0.5) / NLF_BINS
 
 
+def _fitted_levels(fit: torch.Tensor, readings: torch.Tensor) -> torch.Tensor:
+    """A fitted variance curve (float64, per bin) as noise levels (float32), kept between a quarter of
+    the smallest and twice the largest of the variance `readings` it was fitted to."""
+    return fit.clamp(float(readings.min()) / 4, float(readings.max()) * 2).sqrt().float()
+
+
 def _linear_fit(curve: torch.Tensor, count: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
     """(a, b) of sigma^2 = a + b * brightness fitted (unconstrained) to the bins with enough blocks,
     weighted by their blocks; None when those bins lie closer than NLF_BINS // 8 bins apart (a slope
@@ -212,7 +218,7 @@ def _poisson_gaussian_fit(curve: torch.Tensor, count: torch.Tensor) -> torch.Ten
         cam_coef, cam_res = _weighted_fit(camera[good], v, w)
         if cam_res < NLF_CAMERA_MARGIN * float((w * (fit[good] - v) ** 2).sum()):
             fit = torch.maximum(fit, camera @ cam_coef)
-    return fit.clamp(float(v.min()) / 4, float(v.max()) * 2).sqrt().float()
+    return _fitted_levels(fit, v)
 
 
 # The wavelet readings are signal-dependent when the noise-free floor is under this share of their
@@ -240,7 +246,7 @@ def _signal_dependent_fit(curve: torch.Tensor, count: torch.Tensor) -> torch.Ten
     columns = torch.stack([torch.ones_like(b), b, b * b], 1)
     v = curve[good].double() ** 2
     coef, _ = _weighted_fit(columns[good], v, count[good].double())
-    return (columns @ coef).clamp(float(v.min()) / 4, float(v.max()) * 2).sqrt().float()
+    return _fitted_levels(columns @ coef, v)
 
 
 def _wavelet_curve(bright: torch.Tensor, detail: torch.Tensor, level: torch.Tensor) -> tuple[torch.Tensor, bool]:
