@@ -320,6 +320,29 @@ def test_restore_reports_the_map_and_removes_impulses():
         restore(weights, ImageData(pixels=noisy), sigma=float("nan"), impulses=False)
 
 
+@pytest.mark.parametrize("texture, per_impulse, expected", [
+    (8.0, 1000.0, True),  # a textured photo with few impulses: 18 -> 8 levels (0.44), the old rule's case
+    (8.0, 500.0, True),  # 13 -> 8 (0.62): little is left, so a fifth taken away is enough
+    (12.0, 500.0, False),  # 17 -> 12 (0.71): more than IMPULSE_LEFT_LEVEL is left (noise clipped to extremes)
+    (8.0, 100.0, False),  # 9 -> 8 (0.89): the extremes hardly count in the estimate
+])
+def test_the_automatic_impulse_route_on_textured_photos(monkeypatch, texture: float, per_impulse: float, expected: bool):
+    """The estimate before and after the switching median decides: most of it gone, or a fifth of it
+    gone with at most IMPULSE_LEFT_LEVEL left (the texture of a photo with few impulses reads as noise)."""
+    import ganlib.inference as inference
+
+    def reading(x, estimator, alpha=None):  # texture + a share per isolated extreme value
+        level = texture + per_impulse * float(((x == 0) | (x == 1)).float().mean())
+        return torch.full((1, 1, *x.shape[-2:]), level), level
+
+    monkeypatch.setattr(inference, "estimate_noise_map", reading)
+    model = tiny()
+    weights = Weights(fidelity=model, source="mem", estimator=constant_estimator(12.0))
+    clean = smooth(64, 80) * 0.8 + 0.1  # no extremes of its own
+    noisy = add_noise(clean, "salt_pepper", amount=0.01, seed=0, quantize=True)
+    assert restore(weights, ImageData(pixels=noisy)).impulses == expected
+
+
 def test_restore_leaves_a_two_level_image_alone():
     """Line art, text or a dithered scan is all 0s and 1s: not salt & pepper noise (the switching
     median would erase it) and not noisy (every block is saturated)."""
