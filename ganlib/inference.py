@@ -618,7 +618,8 @@ def restore(
     impulses: True = the image carries salt & pepper noise: detected impulses are replaced by a
     switching median, then the network refines those pixels only (all others are kept exactly);
     None = detect it (isolated 0/1 values, and their removal takes away most of the estimated
-    noise, or a fifth of it when little is left: `IMPULSE_DROP_TEXTURED`); False = never. tile, overlap, progress, precision, ensemble: as in `denoise`.
+    noise, or a fifth of it when little is left: `IMPULSE_DROP_TEXTURED`); False = never.
+    tile, overlap, progress, precision, ensemble: as in `denoise`.
     realism: 0 = the fidelity model; above 0 (up to 1), the generator blended towards the GAN stage (by
     REALISM_GAN_SHARE x realism) supplies the fine texture and a second pass of the fidelity model the
     tone and colour (`frequency_separation`), then the fidelity result's own fine detail is raised in
