@@ -674,3 +674,42 @@ def test_estimated_maps_replace_a_seeded_share_of_the_exact_ones() -> None:
     replaced = [not torch.equal(some[i], exact[i]) for i in range(6)]
     assert 0 < sum(replaced) < 6 and torch.equal(exact, torch.full((6, 1, 32, 32), 0.1))  # the input is not modified
     assert torch.equal(some, with_estimated_maps(noisy, exact, est, 0.5, seed=1))  # seeded
+
+
+def test_grow_adds_identity_blocks_and_matches_a_grown_model(tmp_path: Path) -> None:
+    from ganlib.models import GeneratorConfig
+    from train import export
+    from train.grow import grow
+    from train.grow import main as grow_main
+
+    torch.manual_seed(0)
+    small = Generator(GeneratorConfig(widths=[8, 16], blocks=[1, 1]))
+    x = torch.rand(1, 3, 20, 28)
+    big = grow(small, [3, 2])
+    assert big.config.blocks == [3, 2] and len(big.encoders[0]) == 3 and len(big.decoders[0]) == 3
+    with torch.no_grad():
+        assert torch.equal(big(x, 0.1), small(x, 0.1))  # the new blocks start as the identity
+        for p in big.parameters():  # a fine-tuned grown model: every block does something
+            p.add_(0.01 * torch.randn_like(p))
+    other = Generator(GeneratorConfig(widths=[8, 16], blocks=[1, 1]))
+    like = grow(other, [3, 2], like=big)
+    sl, sb = like.state_dict(), big.state_dict()
+    assert torch.equal(sl["encoders.0.1.conv1.weight"], sb["encoders.0.1.conv1.weight"])  # first conv from `like`
+    assert not sl["decoders.0.2.conv2.weight"].any()  # last conv zero
+    with torch.no_grad():
+        assert torch.equal(like(x, 0.1), other(x, 0.1))
+    with pytest.raises(ValueError, match="at least"):
+        grow(big, [1, 2])
+    with pytest.raises(ValueError, match="levels"):
+        grow(small, [2, 2, 2])
+    with pytest.raises(ValueError, match="like"):
+        grow(other, [2, 2], like=big)
+    small.save_pretrained(tmp_path / "a")
+    out = grow_main([str(tmp_path / "a"), "--blocks", "2,1", "--output-dir", str(tmp_path / "g")])
+    grown = Generator.from_pretrained(out)
+    with torch.no_grad():
+        assert grown.config.blocks == [2, 1] and torch.allclose(grown(x, 0.1), small(x, 0.1), atol=1e-6)
+    history = json.loads((out / "training.json").read_text())
+    assert history[-1]["stage"] == "grow" and "grown to [2, 1]" in export._run_line(history[-1])
+    with pytest.raises(SystemExit):
+        grow_main([str(tmp_path / "a"), "--output-dir", str(tmp_path / "h")])  # neither --blocks nor --like

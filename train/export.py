@@ -102,6 +102,8 @@ def _run_line(run: dict) -> str:
         return f"  - weights from `{run['init']}` (their training was not recorded)"
     if run.get("stage") == "soup":
         return f"  - weight average: {1 - run['weight']:g} x `{run['a']}` + {run['weight']:g} x `{run['b']}` (`train/soup.py`)"
+    if run.get("stage") == "grow":
+        return f"  - grown to {run['blocks']} residual blocks per level, the new ones starting as the identity (`train/grow.py`)"
     return (f"  - {run['stage']}: {run['steps']} steps of batch {run['batch']}, {run['crop']}x{run['crop']} crops, "
             f"peak lr {run['lr']:g}, {run['hours']:.2f} hours on {run['device']}")
 
