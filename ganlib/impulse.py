@@ -77,7 +77,7 @@ def may_have_impulses(image: torch.Tensor, *, min_fraction: float = MIN_FRACTION
     return min_fraction * image.numel() <= extremes < BILEVEL_SHARE * image.numel()
 
 
-REFINE_SIGMA = 8.0  # per-channel impulses (12 for session 14's fidelity weights)
+REFINE_SIGMA = 6.0  # per-channel impulses (8 for session 15's fidelity weights, 12 for session 14's)
 REFINE_SIGMA_WHOLE = 8.0  # whole-pixel impulses (all channels replaced together): 12, and 20 for earlier weights
 
 
@@ -88,9 +88,11 @@ def refine_sigma(whole_share: float = 0.0) -> float:
     pixels with every channel damaged (`whole_pixel_share`). Chosen on 6 Sun80 training photos
     (512x512), amounts 0.01-0.5: against the former 40 x amount (at most 10) it gained 2-5 dB at amounts
     0.01-0.05 and 0.3-1 dB at 0.2-0.5. Earlier fidelity weights wanted 20 for whole-pixel impulses,
-    session 14's 12 for both; the current ones (session 15) do best at 8 for both (against 12, per
-    channel +0.27 to +0.47 dB, whole-pixel +0.08 to +0.11, gray photos through the gray generator
-    +0.16 to +0.25; 6 and 10 lower on colour photos, 10 on gray).
+    session 14's 12 for both; session 15's did best at 8 for both (against 12, per channel +0.27 to
+    +0.47 dB, whole-pixel +0.08 to +0.11, gray photos through the gray generator +0.16 to +0.25). The
+    current ones (session 16, grown) do best at 6 per channel (against 8: +0.10 / +0.11 / +0.08 dB at
+    amounts 0.01 / 0.05 / 0.2, -0.03 at 0.5; 5 and 7 lower on average) and still at 8 for whole pixels
+    (6 and 10 lower); gray photos keep their unchanged generator and its 8.
     Raises ValueError when whole_share is outside [0, 1]."""
     if not 0.0 <= whole_share <= 1.0:
         raise ValueError(f"whole_share must be in [0, 1], got {whole_share!r}")

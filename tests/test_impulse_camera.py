@@ -235,7 +235,7 @@ def test_spread_tiles_and_the_extremes_precheck() -> None:
     two_level = (clean > 0.5).float()  # line art: every value 0 or 1, nothing isolated about them
     assert not may_have_impulses(two_level) and not may_have_impulses(two_level, rows=7)
     assert may_have_impulses(torch.cat([torch.full_like(two_level[..., :2, :], 0.5), two_level], -2))  # 2 rows of 98 gray: 2%
-    assert refine_sigma(0.0) == REFINE_SIGMA == 8.0 and refine_sigma(1.0) == REFINE_SIGMA_WHOLE
+    assert refine_sigma(0.0) == REFINE_SIGMA == 6.0 and refine_sigma(1.0) == REFINE_SIGMA_WHOLE
     assert refine_sigma(0.5) == pytest.approx((REFINE_SIGMA + REFINE_SIGMA_WHOLE) / 2)
     with pytest.raises(ValueError, match="whole_share"):
         refine_sigma(1.5)
