@@ -691,6 +691,7 @@ def restore(
         result = torch.where(mask, refined, cleaned)
         log.info("impulse noise: %.2f%% of values replaced by the switching median, refined at sigma %.1f", 100 * fraction, float(smap.mean()))
         return Restored(image.with_pixels(result), smap, float(smap.mean()), estimated, True, fraction, gray_model)
+    mask = cleaned = None  # not impulse noise: free the full-size copies before denoising (24 MP: about 0.4 GB)
 
     def run(model: Generator, sigma: float | torch.Tensor | None, progress: ProgressFn | None) -> Restored:
         if stride > 1:
