@@ -686,7 +686,9 @@ def test_grow_adds_identity_blocks_and_matches_a_grown_model(tmp_path: Path) -> 
     torch.manual_seed(0)
     small = Generator(GeneratorConfig(widths=[8, 16], blocks=[1, 1]))
     x = torch.rand(1, 3, 20, 28)
+    rng = torch.get_rng_state()
     big = grow(small, [3, 2])
+    assert torch.equal(torch.get_rng_state(), rng)  # seeded without touching the caller's random state
     assert big.config.blocks == [3, 2] and len(big.encoders[0]) == 3 and len(big.decoders[0]) == 3
     with torch.no_grad():
         assert torch.equal(big(x, 0.1), small(x, 0.1))  # the new blocks start as the identity

@@ -157,6 +157,23 @@ def model_card(cfg, metrics: dict[str, float], *, train_images: int, val_images:
     )
 
 
+def validated_card(model: torch.nn.Module, out: Path, values: dict, history: list[dict]) -> None:
+    """For weights made without a training run (`train/soup.py`, `train/grow.py`): validate `model` on
+    the held-back images of the run config `values` and write its model card, metrics.json and
+    train_config.json (`values`) into `out`."""
+    from .data import load_validation
+    from .train import TrainConfig, _coerce, data_split, run_validation
+
+    cfg = _coerce(TrainConfig, values)
+    train_paths, val_paths = data_split(cfg)
+    metrics = run_validation(cfg, model, load_validation(val_paths, cfg.val_max_side or None, gray=cfg.val_gray))
+    model.eval()
+    card = model_card(cfg, metrics, train_images=len(train_paths), val_images=len(val_paths), model=model, history=history)
+    (out / "README.md").write_text(card)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    (out / "train_config.json").write_text(json.dumps(values, indent=2))
+
+
 def export(model: torch.nn.Module, folder: str | Path, cfg, metrics: dict[str, float], *, steps: int, seconds: float,
            train_images: int, val_images: int) -> Path:
     """Write the Hub-ready folder: weights + config, model card, resolved training config, validation

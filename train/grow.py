@@ -26,7 +26,7 @@ import torch
 
 from ganlib.models import Generator, GeneratorConfig
 
-from .export import training_history
+from .export import training_history, validated_card
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +45,9 @@ def grow(model: Generator, blocks: list[int], *, like: Generator | None = None, 
     config = GeneratorConfig(**{**asdict(model.config), "blocks": blocks})
     if like is not None and asdict(like.config) != asdict(config):
         raise ValueError(f"--like has config {asdict(like.config)}, the grown model would have {asdict(config)}")
-    torch.manual_seed(seed)
-    grown = Generator(config)
+    with torch.random.fork_rng(devices=[]):  # seeded, without touching the caller's random state
+        torch.manual_seed(seed)
+        grown = Generator(config)
     ours, ref = model.state_dict(), like.state_dict() if like is not None else {}
     state = grown.state_dict()
     for key, value in state.items():
@@ -83,11 +84,9 @@ def main(argv: list[str] | None = None) -> Path:
     (out / "training.json").write_text(json.dumps(history, indent=2))
     config = Path(args.source) / "train_config.json"
     if config.is_file():
-        from .soup import _card
-
         values = json.loads(config.read_text())
         values["generator"] = asdict(grown.config)
-        _card(grown, out, values, history)
+        validated_card(grown, out, values, history)
     log.info("grew %s from blocks %s to %s in %s", args.source, model.config.blocks, list(blocks), out)
     return out
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from ganlib.hub import Weights
 from ganlib.models import Generator
 
-from .export import model_card, training_history
+from .export import training_history, validated_card
 
 log = logging.getLogger(__name__)
 
@@ -56,26 +56,11 @@ def main(argv: list[str] | None = None) -> Path:
     (out / "training.json").write_text(json.dumps(history, indent=2))
     config = Path(args.a) / "train_config.json"
     if config.is_file():
-        _card(model, out, json.loads(config.read_text()), history)
+        validated_card(model, out, json.loads(config.read_text()), history)
     else:
         log.warning("%s has no train_config.json: the soup gets no model card or validation metrics", args.a)
     log.info("wrote %.2f x %s + %.2f x %s to %s", 1 - args.weight, args.a, args.weight, args.b, out)
     return out
-
-
-def _card(model: Generator, out: Path, values: dict, history: list[dict]) -> None:
-    """Validate the soup on A's held-back images and write A's model card, metrics and config for it."""
-    from .data import load_validation
-    from .train import TrainConfig, _coerce, data_split, run_validation
-
-    cfg = _coerce(TrainConfig, values)
-    train_paths, val_paths = data_split(cfg)
-    metrics = run_validation(cfg, model, load_validation(val_paths, cfg.val_max_side or None, gray=cfg.val_gray))
-    model.eval()
-    card = model_card(cfg, metrics, train_images=len(train_paths), val_images=len(val_paths), model=model, history=history)
-    (out / "README.md").write_text(card)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    (out / "train_config.json").write_text(json.dumps(values, indent=2))
 
 
 if __name__ == "__main__":
