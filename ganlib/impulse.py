@@ -78,7 +78,7 @@ def may_have_impulses(image: torch.Tensor, *, min_fraction: float = MIN_FRACTION
 
 
 REFINE_SIGMA = 6.0  # per-channel impulses (8 for session 15's fidelity weights, 12 for session 14's)
-REFINE_SIGMA_WHOLE = 8.0  # whole-pixel impulses (all channels replaced together): 12, and 20 for earlier weights
+REFINE_SIGMA_WHOLE = 6.0  # whole-pixel impulses (all channels replaced together): 8, 12, and 20 for earlier weights
 
 
 def refine_sigma(whole_share: float = 0.0) -> float:
@@ -92,7 +92,10 @@ def refine_sigma(whole_share: float = 0.0) -> float:
     +0.47 dB, whole-pixel +0.08 to +0.11, gray photos through the gray generator +0.16 to +0.25). The
     current ones (session 16, grown) do best at 6 per channel (against 8: +0.10 / +0.11 / +0.08 dB at
     amounts 0.01 / 0.05 / 0.2, -0.03 at 0.5; 5 and 7 lower on average) and still at 8 for whole pixels
-    (6 and 10 lower); gray photos keep their unchanged generator and its 8.
+    (6 and 10 lower). Session 17's (grown again) do best at 6 for both: per channel 5, 7 and 8 lower
+    on average; whole-pixel against 8 +0.25 / +0.18 / +0.13 / +0.06 dB at amounts 0.01 / 0.05 / 0.2 /
+    0.5 (4, 5, 7 and 10 lower), and gray photos (their generator, whose output is unchanged since
+    session 15, takes the whole-pixel strength) +0.31 / +0.33 / +0.31 / +0.24.
     Raises ValueError when whole_share is outside [0, 1]."""
     if not 0.0 <= whole_share <= 1.0:
         raise ValueError(f"whole_share must be in [0, 1], got {whole_share!r}")

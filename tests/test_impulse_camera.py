@@ -283,3 +283,45 @@ def test_the_noise_level_fits_are_non_negative_least_squares() -> None:
     sparse = count.clone()
     sparse[2:] = 0  # readings in two neighbouring bins only: no slope to speak of
     assert _signal_share(speckle, sparse) == 0.0
+
+
+def test_camera_noise_takes_a_second_pass_at_the_first_results_brightness() -> None:
+    """Where the noise-level function falls with brightness (camera noise), `refine_noise_map` reads it
+    per pixel at a denoised guide's brightness: sharp at an edge, where the blind map's 12-pixel
+    brightness blurs it; flat or rising curves (Gaussian noise) get None, and restore() takes the second
+    pass exactly when the refined map exists."""
+    from ganlib.hub import Weights
+    from ganlib.inference import estimate_noise_map, refine_noise_map, restore
+    from ganlib.images import ImageData
+    from ganlib.noise import add_noise
+    from tests.test_inference import constant_estimator, tiny
+
+    clean = torch.linspace(0.1, 0.9, 256).expand(1, 3, 128, 256).contiguous()  # a ramp below, for the whole curve
+    clean[..., :64, :128], clean[..., :64, 128:] = 0.06, 0.85  # above, dark beside bright: an edge at column 128
+    est = constant_estimator(10.0)
+    noisy = add_noise(clean, "camera", peak=30, sigma=4, seed=0)
+    blind, _ = estimate_noise_map(noisy, est)
+    refined = refine_noise_map(noisy, est, clean)
+    assert refined is not None and refined.shape == (1, 1, 128, 256)
+    dark, bright = float(refined[..., :30, 2:16].mean()), float(refined[..., :30, -16:-2].mean())
+    assert dark > 1.3 * bright  # the curve falls with brightness
+    edge = refined[..., :30, 127].mean(), refined[..., :30, 128].mean()  # one pixel either side of the edge
+    assert float(edge[0]) == pytest.approx(dark, rel=0.02) and float(edge[1]) == pytest.approx(bright, rel=0.02)
+    assert float(blind[..., :30, 127].mean()) < 0.95 * dark  # the blind map blurs across the edge
+    gaussian = (clean + 0.04 * torch.randn(clean.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    assert refine_noise_map(gaussian, est, clean) is None
+    with pytest.raises(ValueError, match="shape"):
+        refine_noise_map(noisy, est, clean[..., :64])
+
+    weights = Weights(fidelity=tiny(), gan=tiny(seed=9), source="test", estimator=est)
+    for image in (noisy, gaussian):
+        out = restore(weights, ImageData(pixels=image), impulses=False)
+        first_map, _ = estimate_noise_map(image, est)
+        first = restore(weights, ImageData(pixels=image), sigma=first_map, impulses=False).image.pixels
+        second = refine_noise_map(image, est, first)
+        if second is None:  # Gaussian: one pass at the blind map
+            assert torch.equal(out.noise_map, first_map) and torch.equal(out.image.pixels, first)
+        else:  # camera: the map read at the first result's brightness, and the result of a pass at it
+            assert torch.equal(out.noise_map, second)
+            assert torch.equal(out.image.pixels, restore(weights, ImageData(pixels=image), sigma=second, impulses=False).image.pixels)
+        assert (second is None) == (image is gaussian)
