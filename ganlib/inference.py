@@ -415,7 +415,12 @@ def refine_noise_map(image: torch.Tensor, estimator: NoiseEstimator, denoised: t
     quarter = NLF_BINS // 4
     if curve is None or not float(curve[:quarter].mean()) > NLF_FALL * float(curve[2 * quarter :].mean()):
         return None
-    return (_nlf_lookup(curve, denoised.float().mean(1, keepdim=True)) * 255.0).contiguous()
+    h, w = image.shape[-2:]
+    smap = torch.empty(1, 1, h, w)
+    rows = max(1, (1 << 20) // max(w, 1))  # about a megapixel at a time: the lookup's temporaries stay small
+    for y in range(0, h, rows):
+        smap[..., y : y + rows, :] = _nlf_lookup(curve, denoised[..., y : y + rows, :].float().mean(1, keepdim=True)) * 255.0
+    return smap
 
 
 def _starts(size: int, tile: int, stride: int) -> list[int]:
@@ -768,7 +773,7 @@ def restore(
         second = refine_noise_map(pixels, weights.estimator, result, alpha=alpha) if refine else None
         if second is not None:
             log.info("noise level falls with brightness (camera noise): a second pass at the first result's brightness")
-            smap = second
+            smap, result = second, None  # free the first result before the second pass (24 MP: 0.3 GB)
             result = denoise(model, pixels, smap, tile=tile, overlap=overlap, progress=_pass(progress, 1, 2), precision=precision,
                              ensemble=ensemble)
         return Restored(image.with_pixels(result), smap, summary, estimated, False, fraction, gray_model)
