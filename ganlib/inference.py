@@ -403,7 +403,7 @@ def refine_noise_map(image: torch.Tensor, estimator: NoiseEstimator, denoised: t
     gives the brightness per pixel. Measured on 15 held-back training crops (320 px, 3 CBSD432 and 6
     Sun80 photos no fidelity model trained on; clipped 8-bit noise), automatic strength, against one
     pass: camera noise at peak 30, read 4 +0.52 dB without JPEG (29.76 -> 30.27; all 15 crops took the
-    second pass) and +0.14 with JPEG 75 (29.78 -> 29.92; 6 of 15); Gaussian 15 / 25 / 50, Poisson 10,
+    second pass) and +0.08 with JPEG 75 (29.78 -> 29.86; 5 of 15); Gaussian 15 / 25 / 50, Poisson 10,
     speckle 0.3, the camera pipeline with in-camera noise reduction and a sepia-toned gray photo never
     took it (their curves are flat or rise; the largest Gaussian reading was 1.09). A second pass for
     every image would have cost Gaussian 50 and Poisson 10 0.04 dB. On real-CC15 no photo took it (a
