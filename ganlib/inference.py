@@ -375,14 +375,22 @@ def estimate_noise_map(image: torch.Tensor, estimator: NoiseEstimator, *, tile: 
     The noise-level function of `_noise_level_function` (see there) applied to the image's 4x4-block
     brightness (averaged over 3x3 blocks: the brightness, not its noise), upsampled bilinearly.
     Raises ValueError for a malformed image, alpha, tile or max_tiles."""
+    smap, sigma, _ = _blind_map(image, estimator, tile=tile, max_tiles=max_tiles, alpha=alpha)
+    return smap, sigma
+
+
+def _blind_map(image: torch.Tensor, estimator: NoiseEstimator, *, tile: int = 512, max_tiles: int = 8,
+               alpha: torch.Tensor | None = None) -> tuple[torch.Tensor, float, torch.Tensor | None]:
+    """`estimate_noise_map`'s map and summary, and the noise-level function they come from (None for a
+    noise-free image)."""
     curve, sigma = _noise_level_function(image, estimator, tile=tile, max_tiles=max_tiles, alpha=alpha)
     h, w = image.shape[-2:]
     if curve is None:
-        return torch.zeros(1, 1, h, w), 0.0
+        return torch.zeros(1, 1, h, w), 0.0, None
     local = F.avg_pool2d(image.float().mean(1, keepdim=True), 4, ceil_mode=True)
     local = F.avg_pool2d(F.pad(local, (1, 1, 1, 1), mode="replicate"), 3, stride=1)  # brightness, not its noise
     smap = F.interpolate(_nlf_lookup(curve, local), scale_factor=4, mode="bilinear", align_corners=False)[..., :h, :w] * 255.0
-    return smap.contiguous(), sigma
+    return smap.contiguous(), sigma, curve
 
 
 # The noise-level function falls with brightness when its dark quarter reads this many times its bright
@@ -412,14 +420,24 @@ def refine_noise_map(image: torch.Tensor, estimator: NoiseEstimator, denoised: t
     if denoised.shape != image.shape:
         raise ValueError(f"denoised must have the image's shape {tuple(image.shape)}, got {tuple(denoised.shape)}")
     curve, _ = _noise_level_function(image, estimator, tile=tile, max_tiles=max_tiles, alpha=alpha)
+    return _per_pixel_map(curve, denoised) if _falls(curve) else None
+
+
+def _falls(curve: torch.Tensor | None) -> bool:
+    """Whether a noise-level function falls with brightness: its darkest quarter of bins reads more than
+    NLF_FALL times its brightest half."""
     quarter = NLF_BINS // 4
-    if curve is None or not float(curve[:quarter].mean()) > NLF_FALL * float(curve[2 * quarter :].mean()):
-        return None
-    h, w = image.shape[-2:]
+    return curve is not None and float(curve[:quarter].mean()) > NLF_FALL * float(curve[2 * quarter :].mean())
+
+
+def _per_pixel_map(curve: torch.Tensor, guide: torch.Tensor) -> torch.Tensor:
+    """The noise-level function read at each pixel's brightness (mean over channels) of a (1,C,H,W)
+    guide in [0, 1]: (1,1,H,W), 0-255, built about a megapixel at a time (the lookup's temporaries stay small)."""
+    h, w = guide.shape[-2:]
     smap = torch.empty(1, 1, h, w)
-    rows = max(1, (1 << 20) // max(w, 1))  # about a megapixel at a time: the lookup's temporaries stay small
+    rows = max(1, (1 << 20) // max(w, 1))
     for y in range(0, h, rows):
-        smap[..., y : y + rows, :] = _nlf_lookup(curve, denoised[..., y : y + rows, :].float().mean(1, keepdim=True)) * 255.0
+        smap[..., y : y + rows, :] = _nlf_lookup(curve, guide[..., y : y + rows, :].float().mean(1, keepdim=True)) * 255.0
     return smap
 
 
@@ -763,17 +781,25 @@ def restore(
                                        precision=precision, ensemble=ensemble)
             shuffled.gray_model, shuffled.estimated = gray_model, estimated
             return shuffled
+        curve = None  # the noise-level function, for the second pass (refine_noise_map)
         if sigma is None:
-            smap, summary = blind(pixels)
+            if weights.estimator is not None:
+                smap, summary, curve = _blind_map(pixels, weights.estimator, alpha=alpha)
+            else:
+                smap, summary = blind(pixels)
             log.info("estimated noise level: sigma = %.2f (map %.2f-%.2f)", summary, float(smap.min()), float(smap.max()))
         else:
             smap = _as_map(sigma, h, w)
             summary = float(smap.float().mean())
-        result = denoise(model, pixels, smap, tile=tile, overlap=overlap, progress=progress, precision=precision, ensemble=ensemble)
-        second = refine_noise_map(pixels, weights.estimator, result, alpha=alpha) if refine else None
-        if second is not None:
+            if refine:
+                curve, _ = _noise_level_function(pixels, weights.estimator, alpha=alpha)
+        second = refine and _falls(curve)  # known before the first pass, so progress counts both
+        result = denoise(model, pixels, smap, tile=tile, overlap=overlap, progress=_pass(progress, 0, 2) if second else progress,
+                         precision=precision, ensemble=ensemble)
+        if second:
             log.info("noise level falls with brightness (camera noise): a second pass at the first result's brightness")
-            smap, result = second, None  # free the first result before the second pass (24 MP: 0.3 GB)
+            smap = _per_pixel_map(curve, result)
+            result = None  # free the first result before the second pass (24 MP: 0.3 GB)
             result = denoise(model, pixels, smap, tile=tile, overlap=overlap, progress=_pass(progress, 1, 2), precision=precision,
                              ensemble=ensemble)
         return Restored(image.with_pixels(result), smap, summary, estimated, False, fraction, gray_model)

@@ -325,3 +325,7 @@ def test_camera_noise_takes_a_second_pass_at_the_first_results_brightness() -> N
             assert torch.equal(out.noise_map, second)
             assert torch.equal(out.image.pixels, restore(weights, ImageData(pixels=image), sigma=second, impulses=False).image.pixels)
         assert (second is None) == (image is gaussian)
+    calls: list[tuple[int, int]] = []  # the second pass is known before the first: progress runs once to the end
+    restore(weights, ImageData(pixels=noisy), impulses=False, tile=64, overlap=16, progress=lambda d, t: calls.append((d, t)))
+    totals = {t for _, t in calls}
+    assert len(totals) == 1 and calls[-1][0] == calls[-1][1] == len(calls) > 2
