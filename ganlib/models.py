@@ -20,8 +20,8 @@ from torch import nn
 @dataclass
 class GeneratorConfig:
     """Shape of the generator. The defaults are the first shipped shape (about 60k multiply-adds per
-    pixel); the shipped weights since session 16 have blocks [4, 2, 4] (about 79k), grown from it by
-    `train/grow.py`. A weights folder's config.json gives its shape."""
+    pixel); the shipped weights have blocks [4, 2, 6] (about 88k; [4, 2, 4] in session 16), grown from
+    it by `train/grow.py`. A weights folder's config.json gives its shape."""
 
     channels: int = 3  # 3 for colour, 1 for grayscale
     widths: list[int] = field(default_factory=lambda: [32, 64, 128])  # feature width per U-Net level
