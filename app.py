@@ -51,7 +51,7 @@ from ganlib.compare import KindComparison, compare_kinds, crop_for_compare, most
 from ganlib.hub import Weights, load_weights
 from ganlib.images import ImageData, ImageError, load_image, save_image, to_pil
 from ganlib.impulse import may_have_impulses
-from ganlib.inference import IMPULSE_MIN_FRACTION, Restored, estimate_noise_map, resolve_precision, restore
+from ganlib.inference import IMPULSE_MIN_FRACTION, Restored, resolve_precision, restore
 from ganlib.noise import DEFAULTS, KINDS, add_noise, informed_noise_map
 
 try:  # Hugging Face ZeroGPU: present on Spaces only; a plain CPU run never needs it
@@ -76,9 +76,6 @@ PNG_LEVEL = 1  # zlib level of every PNG the demo writes: lossless, several time
 VIEW_MAX_SIDE = 1024  # the noise-level map is shown at most this large (it is smooth)
 RESIDUAL_MAX_SIDE = 1024  # larger photos show the residual of a labelled centre crop at full resolution
 COMPARE_MAX_SIDE = 512  # /compare_kinds works on a labelled centre crop of larger photos
-# The automatic noise level reads at most this many tiles of this side (2 MP, as ganlib's default now does;
-# 8 x 1024^2 read 8 MP: 5.5 s on a 12 MP photo, over a third of the network's time, for the same map).
-ESTIMATE_TILE, ESTIMATE_TILES = 512, 8
 
 MODES = ("Denoise my photo", "Noise lab")
 NOISE_KINDS = ("none", *KINDS)
@@ -382,13 +379,12 @@ def _gpu(fn):
 
 @_gpu
 def _run_network(weights: Weights, noisy: ImageData, sigma: float | torch.Tensor | None, realism: float, progress,
-                 ensemble: bool = False, impulses: bool | None = None, stride: int = 1, sigma_estimated: bool = False) -> Restored:
-    """restore() on the GPU when there is one: returns its result (image, noise_map, sigma, estimated, ...);
-    sigma_estimated: `sigma` is the map estimated here, as restore() would have."""
+                 ensemble: bool = False, impulses: bool | None = None, stride: int = 1) -> Restored:
+    """restore() on the GPU when there is one: returns its result (image, noise_map, sigma, estimated, ...)."""
     if torch.cuda.is_available():
         weights.to("cuda")
     return restore(weights, noisy, sigma=sigma, impulses=impulses, realism=realism, tile=TILE, overlap=OVERLAP, progress=progress,
-                   precision=PRECISION, ensemble=ensemble, stride=stride, sigma_estimated=sigma_estimated)
+                   precision=PRECISION, ensemble=ensemble, stride=stride)
 
 
 def _may_have_impulses(pixels: torch.Tensor, rows: int = 1024) -> bool:
@@ -396,13 +392,6 @@ def _may_have_impulses(pixels: torch.Tensor, rows: int = 1024) -> bool:
     fewer than IMPULSE_MIN_FRACTION of the values at 0 or 1, the check (1.2 s on a 12 MP photo) cannot reach its
     threshold and is skipped with the same outcome."""
     return may_have_impulses(pixels, min_fraction=IMPULSE_MIN_FRACTION, rows=rows)
-
-
-def _blind_map(weights: Weights, image: ImageData) -> torch.Tensor:
-    """The estimated (1,1,H,W) noise-level map (0-255), as restore() estimates it (estimator, transparent,
-    flat and saturated areas ignored), from at most ESTIMATE_TILES tiles of ESTIMATE_TILE pixels."""
-    smap, _ = estimate_noise_map(image.pixels, weights.estimator, tile=ESTIMATE_TILE, max_tiles=ESTIMATE_TILES, alpha=image.opacity())
-    return smap
 
 
 def _flat(pixels: torch.Tensor) -> bool:
@@ -619,18 +608,15 @@ def _run(image, noise_kind, noise_params, seed, strength, realism, progress, ens
         restored = Restored(image=source, noise_map=torch.zeros(1, 1, h, w), sigma=0.0, estimated=True)
         skipped = True
     else:
-        estimated_here = False
         if sigma is None and weights.estimator is not None:
             stages.start("estimate", "Checking for salt & pepper noise")
-            if not _may_have_impulses(source.pixels):  # else restore() checks for impulses and estimates itself
+            if not _may_have_impulses(source.pixels):  # else restore() checks for impulses (1.2 s on 12 MP)
                 impulses = False
-                if stride == 1:  # pixel-shuffled, restore() estimates each sub-image itself, just before denoising it
-                    stages.start("estimate", "Estimating the noise level")
-                    sigma, estimated_here = _blind_map(weights, source), True
+        # restore() estimates the map itself (and, for camera noise, decides on its second pass from it)
         stages.start("network", "Estimating the noise level" if sigma is None else "Denoising")
         clock = _TileClock(progress, ensemble, stride, passes=2 if realism > 0 and impulses is False else 1)
         try:
-            restored = _run_network(weights, source, sigma, realism, clock, ensemble, impulses, stride, estimated_here)
+            restored = _run_network(weights, source, sigma, realism, clock, ensemble, impulses, stride)
         except torch.OutOfMemoryError:
             raise gr.Error("Out of memory while denoising; try a smaller image.") from None
         stages.stop()

@@ -743,11 +743,15 @@ def restore(
     model = weights.generator(REALISM_GAN_SHARE * realism) if realism > 0 else weights.base(gray)
     estimated = sigma is None or bool(sigma_estimated)
 
-    def blind(x: torch.Tensor, alpha: torch.Tensor | None = alpha) -> tuple[torch.Tensor, float]:
+    def blind_curve(x: torch.Tensor, alpha: torch.Tensor | None = alpha) -> tuple[torch.Tensor, float, torch.Tensor | None]:
+        """The estimated map, its summary and the noise-level function (None without an estimator)."""
         if weights.estimator is not None:
-            return estimate_noise_map(x, weights.estimator, alpha=alpha)
+            return _blind_map(x, weights.estimator, alpha=alpha)
         s = estimate_sigma(x)
-        return torch.full((1, 1, *x.shape[-2:]), s), s
+        return torch.full((1, 1, *x.shape[-2:]), s), s, None
+
+    def blind(x: torch.Tensor, alpha: torch.Tensor | None = alpha) -> tuple[torch.Tensor, float]:
+        return blind_curve(x, alpha)[:2]
 
     mask, cleaned, fraction, use_impulses = None, None, 0.0, False
     if impulses or (impulses is None and may_have_impulses(pixels) and impulse_fraction(pixels) >= IMPULSE_MIN_FRACTION):
@@ -783,10 +787,7 @@ def restore(
             return shuffled
         curve = None  # the noise-level function, for the second pass (refine_noise_map)
         if sigma is None:
-            if weights.estimator is not None:
-                smap, summary, curve = _blind_map(pixels, weights.estimator, alpha=alpha)
-            else:
-                smap, summary = blind(pixels)
+            smap, summary, curve = blind_curve(pixels)
             log.info("estimated noise level: sigma = %.2f (map %.2f-%.2f)", summary, float(smap.min()), float(smap.max()))
         else:
             smap = _as_map(sigma, h, w)

@@ -593,7 +593,7 @@ def test_network_time_is_split_from_the_estimate(app):
 
 def test_impulse_precheck_and_fast_estimate(app, rgb_png, tmp_path, monkeypatch):
     """Photo mode: without values at 0 or 1 there can be no impulses, so restore()'s whole-photo check is
-    skipped and the map comes from the demo's smaller estimate; with many such values restore() checks."""
+    skipped (restore() is told impulses=False and estimates the map); with many such values restore() checks."""
     from ganlib.noise import add_noise
 
     smooth = load_image(rgb_png).pixels
@@ -612,10 +612,24 @@ def test_impulse_precheck_and_fast_estimate(app, rgb_png, tmp_path, monkeypatch)
     assert seen[-1] is None and m["noise_map"] == "estimated"  # restore() checks for impulses and estimates itself
 
 
+def test_the_demo_reads_the_noise_level_function_once(app, rgb_png, tmp_path, monkeypatch):
+    """Photo mode, automatic strength: restore() estimates the map and decides on the camera-noise second pass
+    from the same noise-level function, so it is computed once per photo (the estimator on up to 8 tiles)."""
+    import ganlib.inference as inference
+
+    use_weights_reading_17(app, tmp_path, monkeypatch)
+    calls = []
+    real = inference._noise_level_function
+    monkeypatch.setattr(inference, "_noise_level_function", lambda *a, **k: calls.append(1) or real(*a, **k))
+    m = app.run(str(rgb_png), "none").metrics
+    assert m["noise_map"] == "estimated" and m["sigma_used"] == pytest.approx(17, abs=1e-3)
+    assert len(calls) == 1
+
+
 def test_the_demo_tells_restore_which_maps_it_estimated(app, rgb_png, tmp_path, monkeypatch):
     """Realism's detail gain is matched to the clean photo only for a known noise level: the demo's own
     estimate must reach restore() as estimated, added noise and a hand-set strength as known."""
-    use_weights_reading_17(app, tmp_path, monkeypatch, gan=True)  # the demo estimates the map itself
+    use_weights_reading_17(app, tmp_path, monkeypatch, gan=True)  # restore() estimates the map
     seen = []
     real = app.restore
     def spy(*args, **kwargs):
@@ -677,8 +691,8 @@ def test_camera_noise_is_restore_at_stride_2(app, tmp_path, shape):
 
 
 def test_camera_noise_with_the_learned_estimator(app, tmp_path, monkeypatch):
-    """With estimator weights the demo estimates stride-1 maps itself; pixel-shuffled, restore() estimates each
-    sub-image: still exactly the library's result, and the estimate's time is not counted as the network's."""
+    """With estimator weights, pixel-shuffled, restore() estimates each sub-image: still exactly the library's
+    result, and the estimate's time is not counted as the network's."""
     from ganlib.models import EstimatorConfig, NoiseEstimator
 
     folder = make_weights(tmp_path / "w", gan=False)
