@@ -331,11 +331,11 @@ def test_the_automatic_impulse_route_on_textured_photos(monkeypatch, texture: fl
     gone with at most IMPULSE_LEFT_LEVEL left (the texture of a photo with few impulses reads as noise)."""
     import ganlib.inference as inference
 
-    def reading(x, estimator, alpha=None):  # texture + a share per isolated extreme value
+    def reading(x, estimator, alpha=None):  # texture + a share per isolated extreme value (no noise-level function)
         level = texture + per_impulse * float(((x == 0) | (x == 1)).float().mean())
-        return torch.full((1, 1, *x.shape[-2:]), level), level
+        return torch.full((1, 1, *x.shape[-2:]), level), level, None
 
-    monkeypatch.setattr(inference, "estimate_noise_map", reading)
+    monkeypatch.setattr(inference, "_blind_map", reading)
     model = tiny()
     weights = Weights(fidelity=model, source="mem", estimator=constant_estimator(12.0))
     clean = smooth(64, 80) * 0.8 + 0.1  # no extremes of its own
