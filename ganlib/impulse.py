@@ -77,8 +77,8 @@ def may_have_impulses(image: torch.Tensor, *, min_fraction: float = MIN_FRACTION
     return min_fraction * image.numel() <= extremes < BILEVEL_SHARE * image.numel()
 
 
-REFINE_SIGMA = 6.0  # per-channel impulses (8 for session 15's fidelity weights, 12 for session 14's)
-REFINE_SIGMA_WHOLE = 6.0  # whole-pixel impulses (all channels replaced together): 8, 12, and 20 for earlier weights
+REFINE_SIGMA = 5.0  # per-channel impulses (6 for session 16's and 17's fidelity weights, 8 for session 15's, 12 for session 14's)
+REFINE_SIGMA_WHOLE = 5.0  # whole-pixel impulses (all channels replaced together): 6, 8, 12, and 20 for earlier weights
 
 
 def refine_sigma(whole_share: float = 0.0) -> float:
