@@ -221,7 +221,8 @@ def test_blind_map_keeps_the_level_where_clipping_hides_the_noise() -> None:
     assert dark > 0.9 * bright
 
 
-def test_spread_tiles_and_the_extremes_precheck() -> None:
+def test_spread_tiles_and_the_extremes_precheck(monkeypatch) -> None:
+    import ganlib.impulse as impulse
     from ganlib.impulse import REFINE_SIGMA, REFINE_SIGMA_WHOLE, may_have_impulses, refine_sigma, spread_tiles
 
     assert spread_tiles(100, 100, 64, 8) == [(0, 0), (0, 64), (64, 0), (64, 64)]  # all fit
@@ -235,8 +236,10 @@ def test_spread_tiles_and_the_extremes_precheck() -> None:
     two_level = (clean > 0.5).float()  # line art: every value 0 or 1, nothing isolated about them
     assert not may_have_impulses(two_level) and not may_have_impulses(two_level, rows=7)
     assert may_have_impulses(torch.cat([torch.full_like(two_level[..., :2, :], 0.5), two_level], -2))  # 2 rows of 98 gray: 2%
-    assert refine_sigma(0.0) == REFINE_SIGMA == 6.0 and refine_sigma(1.0) == REFINE_SIGMA_WHOLE
-    assert refine_sigma(0.5) == pytest.approx((REFINE_SIGMA + REFINE_SIGMA_WHOLE) / 2)
+    assert refine_sigma(0.0) == REFINE_SIGMA == 5.0 and refine_sigma(1.0) == REFINE_SIGMA_WHOLE == 5.0
+    monkeypatch.setattr(impulse, "REFINE_SIGMA_WHOLE", 9.0)  # the two strengths differ for other weights
+    assert refine_sigma(0.5) == pytest.approx(7.0) and refine_sigma(1.0) == 9.0
+    monkeypatch.undo()
     with pytest.raises(ValueError, match="whole_share"):
         refine_sigma(1.5)
     assert float(informed_noise_map(clean, "salt_pepper", amount=0.05).mean()) == pytest.approx(REFINE_SIGMA)
