@@ -95,7 +95,10 @@ def refine_sigma(whole_share: float = 0.0) -> float:
     (6 and 10 lower). Session 17's (grown again) do best at 6 for both: per channel 5, 7 and 8 lower
     on average; whole-pixel against 8 +0.25 / +0.18 / +0.13 / +0.06 dB at amounts 0.01 / 0.05 / 0.2 /
     0.5 (4, 5, 7 and 10 lower), and gray photos (their generator, whose output is unchanged since
-    session 15, takes the whole-pixel strength) +0.31 / +0.33 / +0.31 / +0.24.
+    session 15, takes the whole-pixel strength) +0.31 / +0.33 / +0.31 / +0.24. Session 18's (grown to
+    [4, 2, 8]) do best at 5 for both: against 6, per channel +0.20 / +0.15 / +0.02 / -0.12 dB at amounts
+    0.01 / 0.05 / 0.2 / 0.5, whole-pixel +0.11 / +0.05 / +0.01 / -0.02, gray +0.06 / +0.08 / +0.09 /
+    +0.05 (4 and 7 lower on average).
     Raises ValueError when whole_share is outside [0, 1]."""
     if not 0.0 <= whole_share <= 1.0:
         raise ValueError(f"whole_share must be in [0, 1], got {whole_share!r}")
