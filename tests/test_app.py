@@ -627,8 +627,8 @@ def test_the_demo_reads_the_noise_level_function_once(app, rgb_png, tmp_path, mo
 
 
 def test_the_demo_tells_restore_which_maps_it_estimated(app, rgb_png, tmp_path, monkeypatch):
-    """Realism's detail gain is matched to the clean photo only for a known noise level: the demo's own
-    estimate must reach restore() as estimated, added noise and a hand-set strength as known."""
+    """Realism's detail gain is matched to the clean photo only for a known noise level: the demo's
+    automatic estimate must reach restore() as estimated, added noise and a hand-set strength as known."""
     use_weights_reading_17(app, tmp_path, monkeypatch, gan=True)  # restore() estimates the map
     seen = []
     real = app.restore
