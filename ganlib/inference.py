@@ -399,32 +399,119 @@ def _blind_map(image: torch.Tensor, estimator: NoiseEstimator, *, tile: int = 51
 NLF_FALL = 1.05
 
 
+# The second pass's curve for camera noise (see `_second_pass_curve`): the first pass's residual has
+# independent noise in each channel when its chroma reads above this share of its luma (sqrt 2 for white
+# noise in each channel; held-back camera noise at peak 30, read 4: 1.37-1.82 without JPEG, 0.25-0.31 with
+# JPEG 75, whose chroma subsampling takes most of the colour noise; with in-camera noise reduction 0.92).
+RESIDUAL_CHROMA = 1.0
+RESIDUAL_MIN_PIXELS = 500  # a brightness bin of the residual needs this many pixels ...
+RESIDUAL_MAX_CLIPPED = 0.02  # ... and at most this share of its noisy values at 0 or 1 (clipping hides noise)
+# The estimator reads JPEG-compressed camera noise about a fifth below the noise before compression that
+# the generator was trained to expect (0.8-0.9 in the mid and bright bins of the held-back crops): its
+# curve is raised this much for the second pass where the residual's colour noise is gone.
+JPEG_LIFT = 1.1
+
+
+def _residual_levels(noisy: torch.Tensor, denoised: torch.Tensor,
+                     alpha: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """The first pass's residual noisy - denoised ((1,C,H,W) in [0, 1]) read per brightness bin of the
+    denoised result, on at most about a megapixel of evenly strided pixels: (robust standard deviation
+    (1.4826 x MAD, mean over channels, 0-1 scale) per bin, pixels per bin (0 for a bin with too few or
+    too many clipped values), chroma-to-luma ratio of the residual (inf for one channel)). Transparent
+    pixels (`alpha` (1,1,H,W) below 0.5) are left out."""
+    h, w = noisy.shape[-2:]
+    step = max(1, math.ceil(math.sqrt(h * w / (1 << 20))))
+    x, y = noisy[..., ::step, ::step].float(), denoised[..., ::step, ::step].float()
+    r = (x - y).flatten(2)[0]  # (C, pixels)
+    bins = _nlf_bins(y.mean(1).flatten().clamp(0, 1))
+    clipped = ((x <= 0) | (x >= 1)).float().flatten(2)[0].mean(0)
+    if alpha is not None:
+        opaque = alpha[..., ::step, ::step].flatten() >= 0.5
+        r, bins, clipped = r[:, opaque], bins[opaque], clipped[opaque]
+    level, count = torch.zeros(NLF_BINS, dtype=torch.float64), torch.zeros(NLF_BINS, dtype=torch.float64)
+    for i in range(NLF_BINS):
+        sel = bins == i
+        n = int(sel.sum())
+        if n < RESIDUAL_MIN_PIXELS or float(clipped[sel].mean()) > RESIDUAL_MAX_CLIPPED:
+            continue
+        rc = r[:, sel]
+        level[i] = float((1.4826 * (rc - rc.median(1, keepdim=True).values).abs().median(1).values).mean())
+        count[i] = n
+    if r.shape[0] == 1 or r.shape[1] == 0:
+        return level, count, math.inf
+    luma = r.mean(0)
+    mad = lambda t: float((t - t.median()).abs().median())  # noqa: E731
+    return level, count, mad(r - luma) / max(mad(luma), 1e-12)
+
+
+def _second_pass_curve(noisy: torch.Tensor, denoised: torch.Tensor, curve: torch.Tensor,
+                       alpha: torch.Tensor | None = None) -> torch.Tensor:
+    """The noise-level function (NLF_BINS levels, 0-1 scale) for the second pass over a camera-noise image
+    ((1,C,H,W) noisy and its first denoised result, in [0, 1]), given the blind `curve` it came from.
+
+    The estimator's curve is too flat for camera noise: on the held-back crops it read the shadows
+    20-40% low and the bright half 10-30% high, and the generator is sharp about its map there (the
+    exact map 10% low or high costs 0.3-0.4 dB, 20% 1.3-1.4 dB). The first pass's residual measures the
+    noise directly, as Foi et al. 2008 fit the Poisson-Gaussian model to raw data: per brightness bin of the
+    first result, its robust standard deviation (`_residual_levels`), to which the camera model in
+    linear light, sigma^2 = slope(l)^2 * (a + b * l) (a, b >= 0; l the linear value of the brightness,
+    slope that of the sRGB curve) is fitted, weighted by pixels; it extrapolates to the clipped shadows.
+    - Used where the residual has independent noise in each channel (chroma over luma above
+      RESIDUAL_CHROMA) or one channel (gray photos), and where the camera model fits the readings
+      better than a constant does (Gaussian noise stays with the estimator's curve).
+    - Where the residual's colour noise is gone (JPEG's chroma subsampling), the residual reads the
+      noise after compression, which the generator was not trained to expect (on the held-back crops
+      2 dB worse): the estimator's curve raised by JPEG_LIFT.
+    Levels at most 0.5, as `ganlib.noise.noise_std_map` bounds camera noise."""
+    level, count, chroma = _residual_levels(noisy, denoised, alpha)
+    if chroma <= RESIDUAL_CHROMA and not _gray_as_rgb(noisy):
+        return curve * JPEG_LIFT
+    good = count > 0
+    if int(good.sum()) < 3:
+        return curve
+    lin = srgb_to_linear(_bin_centres())
+    camera = torch.stack([srgb_slope(lin) ** 2, srgb_slope(lin) ** 2 * lin], 1)
+    v, w = level[good] ** 2, count[good]
+    coef, res = _weighted_fit(camera[good], v, w)
+    _, flat = _weighted_fit(torch.ones_like(v)[:, None], v, w)
+    if res >= flat:
+        return curve
+    return (camera @ coef).sqrt().float().clamp(max=0.5)
+
+
 def refine_noise_map(image: torch.Tensor, estimator: NoiseEstimator, denoised: torch.Tensor, *, tile: int = 512,
                      max_tiles: int = 8, alpha: torch.Tensor | None = None) -> torch.Tensor | None:
     """The noise-level map for a second pass over a (1,C,H,W) noisy image in [0, 1], given its first
     denoised result (same shape, [0, 1]): when the image's noise-level function (`_noise_level_function`)
     falls with brightness (its darkest quarter of bins NLF_FALL times its brightest half: camera noise,
-    whose read noise the sRGB curve amplifies in the shadows), that curve read per pixel at the denoised
-    result's brightness ((1,1,H,W), 0-255); else None (one pass is as good).
+    whose read noise the sRGB curve amplifies in the shadows), a curve for camera noise
+    (`_second_pass_curve`: the camera model fitted to the first result's residual, or the estimator's
+    curve raised for JPEG-compressed noise) read per pixel at the denoised result's brightness
+    ((1,1,H,W), 0-255); else None (one pass is as good).
 
-    `estimate_noise_map` reads the curve at the noisy image's brightness averaged over 12x12 pixels,
-    which blurs where a steep curve changes fastest: dark detail beside bright. The denoised result
-    gives the brightness per pixel. Measured on 15 held-back training crops (320 px, 3 CBSD432 and 6
-    Sun80 photos no fidelity model trained on; clipped 8-bit noise), automatic strength, against one
-    pass: camera noise at peak 30, read 4 +0.52 dB without JPEG (29.76 -> 30.27; all 15 crops took the
-    second pass) and +0.23 with JPEG 75 (29.78 -> 30.01; 10 of 15, whose JPEG-flattened curves read
-    1.05-1.6; at NLF_FALL 1.15, 5 of 15 and +0.08). The same crops made gray, camera noise then luma,
-    with the gray generator: +0.23 / +0.20 dB without / with JPEG (10 of 15 each). Gaussian 15 and 25 took
-    it on 1 crop of 15 each (no change to 0.001 dB; their readings span 0.83-1.09, colour and gray), Gaussian 50,
-    Poisson 10 and speckle 0.3 never (their curves are flat or rise), the camera pipeline with in-camera
-    noise reduction on 1 (no change) and a sepia-toned gray photo on 2 (-0.003 dB on the mean). A second
-    pass for every image would have cost Gaussian 50 and Poisson 10 0.04 dB. No real-CC15 photo takes
-    it (their readings are 0.44-1.03).
+    `estimate_noise_map` reads the estimator's curve at the noisy image's brightness averaged over 12x12
+    pixels, which blurs where a steep curve changes fastest, and the estimator's curve is too flat for
+    camera noise. Measured on 15 held-back training crops (320 px, 3 CBSD432 and 6 Sun80 photos no
+    fidelity model trained on; clipped 8-bit noise), automatic strength:
+    - Session 17's second pass (the estimator's curve at the first result's brightness) against one
+      pass: camera noise at peak 30, read 4 +0.52 dB without JPEG (29.76 -> 30.27; all 15 crops took it)
+      and +0.23 with JPEG 75 (10 of 15, whose JPEG-flattened curves read 1.05-1.6; at NLF_FALL 1.15, 5
+      of 15 and +0.08). Gaussian 15 and 25 took it on 1 crop of 15 each (their readings span
+      0.83-1.09, colour and gray), Gaussian 50, Poisson 10 and speckle 0.3 never (their curves are flat
+      or rise), the camera pipeline with in-camera noise reduction on 1 and a sepia-toned gray photo on
+      2. A second pass for every image would have cost Gaussian 50 and Poisson 10 0.04 dB.
+    - `_second_pass_curve` (session 19) against that: without JPEG +0.65 dB (30.33 -> 30.98; informed
+      31.44), with JPEG 75 +0.23 (30.02 -> 30.25; informed 30.90); made gray (camera noise, then luma;
+      the gray generator) +0.25 / +0.35 without / with JPEG; Gaussian 15 / 25 and in-camera noise
+      reduction unchanged (+0.002), the sepia-toned photo -0.013. Other camera settings on the same
+      crops, new seeds (peak, read, JPEG quality): 100, 8, none +0.58; 15, 6, none +0.58; 60, 3, 60
+      +0.49; 10, 2, 90 +0.03.
+    No real-CC15 photo takes the second pass (their readings are 0.44-1.03).
     Raises ValueError as `estimate_noise_map`, or when `denoised` has another shape."""
     if denoised.shape != image.shape:
         raise ValueError(f"denoised must have the image's shape {tuple(image.shape)}, got {tuple(denoised.shape)}")
     curve, _ = _noise_level_function(image, estimator, tile=tile, max_tiles=max_tiles, alpha=alpha)
-    return _per_pixel_map(curve, denoised) if _falls(curve) else None
+    return _per_pixel_map(_second_pass_curve(image, denoised, curve, alpha), denoised) if _falls(curve) else None
 
 
 def _falls(curve: torch.Tensor | None) -> bool:
@@ -803,7 +890,7 @@ def restore(
                          precision=precision, ensemble=ensemble)
         if second:
             log.info("noise level falls with brightness (camera noise): a second pass at the first result's brightness")
-            smap = _per_pixel_map(curve, result)
+            smap = _per_pixel_map(_second_pass_curve(pixels, result, curve, alpha), result)
             result = None  # free the first result before the second pass (24 MP: 0.3 GB)
             result = denoise(model, pixels, smap, tile=tile, overlap=overlap, progress=_pass(progress, 1, 2), precision=precision,
                              ensemble=ensemble)

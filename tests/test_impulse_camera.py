@@ -332,3 +332,48 @@ def test_camera_noise_takes_a_second_pass_at_the_first_results_brightness() -> N
     restore(weights, ImageData(pixels=noisy), impulses=False, tile=64, overlap=16, progress=lambda d, t: calls.append((d, t)))
     totals = {t for _, t in calls}
     assert len(totals) == 1 and calls[-1][0] == calls[-1][1] == len(calls) > 2
+
+
+def _camera_levels(peak: float, read: float) -> torch.Tensor:
+    """The exact camera-noise level (0-1 scale) at each NLF bin's centre brightness."""
+    from ganlib.inference import _bin_centres
+    from ganlib.noise import noise_std_map
+
+    gray = _bin_centres().float().view(1, 1, 1, -1).expand(1, 3, 1, -1)
+    return noise_std_map(gray, "camera", peak=peak, sigma=read).flatten()
+
+
+def test_the_second_pass_measures_camera_noise_from_the_first_results_residual() -> None:
+    """`_second_pass_curve` fits the camera model to the residual noisy - first result: with a perfect
+    first result it recovers the exact levels of camera noise (the given curve, flat, is replaced), for
+    colour and gray images; Gaussian noise keeps the given curve (a constant fits it better); JPEG
+    compression, which takes the colour noise, gets the given curve raised by JPEG_LIFT; transparent
+    pixels are left out."""
+    from ganlib.inference import JPEG_LIFT, NLF_BINS, _residual_levels, _second_pass_curve
+    from ganlib.noise import add_noise
+
+    clean = torch.linspace(0.02, 0.98, 256).expand(1, 3, 128, 256).contiguous()
+    flat = torch.full((NLF_BINS,), 0.08)
+    truth = _camera_levels(30, 4)
+    mid = slice(3, 14)  # bins whose values are not clipped
+    for image, reference in ((clean, clean), (clean[:, :1], clean[:, :1])):
+        noisy = add_noise(image, "camera", peak=30, sigma=4, seed=1)
+        fitted = _second_pass_curve(noisy, reference, flat)
+        assert torch.allclose(fitted[mid], truth[mid], rtol=0.18), (fitted[mid], truth[mid])  # first-order truth: the shadows bend
+        assert float(fitted[0]) > 2 * float(fitted[-1])  # the shadows' read noise, through the sRGB curve
+    gaussian = add_noise(clean, "gaussian", sigma=20, seed=1)
+    assert torch.equal(_second_pass_curve(gaussian, clean, flat), flat)
+    jpeg = add_noise(clean, "camera", peak=30, sigma=4, quality=75, seed=1)
+    assert _residual_levels(jpeg, clean)[2] < 1.0 < _residual_levels(add_noise(clean, "camera", peak=30, sigma=4, seed=1), clean)[2]
+    assert torch.allclose(_second_pass_curve(jpeg, clean, flat), flat * JPEG_LIFT)
+
+    guide = clean.clone()
+    guide[..., 128:] = 0.40  # a flat right half, in the brightness bin of the left's columns 95-111 ...
+    left = add_noise(guide, "camera", peak=30, sigma=4, seed=2)
+    left[..., 128:] = 0.40  # ... without noise ...
+    alpha = torch.ones(1, 1, 128, 256)
+    alpha[..., 128:] = 0.0  # ... and transparent
+    k = int(0.40 * NLF_BINS)
+    with_alpha, without = _residual_levels(left, guide, alpha)[0], _residual_levels(left, guide)[0]
+    assert float(with_alpha[k]) == pytest.approx(float(truth[k]), rel=0.15)
+    assert float(without[k]) < 0.5 * float(with_alpha[k])
