@@ -163,6 +163,14 @@ def _bin_centres() -> torch.Tensor:
     return (torch.arange(NLF_BINS, dtype=torch.float64) + 0.5) / NLF_BINS
 
 
+def _camera_columns() -> torch.Tensor:
+    """The camera model's columns over the NLF_BINS brightness bins (float64, (NLF_BINS, 2)): noise
+    variance slope(l)^2 * (a + b * l) = columns @ (a, b), l the linear value of each bin's centre and
+    slope that of the sRGB curve there: Poisson-Gaussian noise in linear light seen through sRGB."""
+    lin = srgb_to_linear(_bin_centres())
+    return torch.stack([srgb_slope(lin) ** 2, srgb_slope(lin) ** 2 * lin], 1)
+
+
 def _fitted_levels(fit: torch.Tensor, readings: torch.Tensor) -> torch.Tensor:
     """A fitted variance curve (float64, per bin) as noise levels (float32), kept between a quarter of
     the smallest and twice the largest of the variance `readings` it was fitted to."""
@@ -213,8 +221,7 @@ def _poisson_gaussian_fit(curve: torch.Tensor, count: torch.Tensor) -> torch.Ten
         a, slope = linear
         if slope >= 0:
             fit = a + slope * b
-        lin = srgb_to_linear(b)
-        camera = torch.stack([srgb_slope(lin) ** 2, srgb_slope(lin) ** 2 * lin], 1)
+        camera = _camera_columns()
         cam_coef, cam_res = _weighted_fit(camera[good], v, w)
         if cam_res < NLF_CAMERA_MARGIN * float((w * (fit[good] - v) ** 2).sum()):
             fit = torch.maximum(fit, camera @ cam_coef)
@@ -412,6 +419,11 @@ RESIDUAL_MAX_CLIPPED = 0.02  # ... and at most this share of its noisy values at
 JPEG_LIFT = 1.1
 
 
+def _mad_std(t: torch.Tensor) -> torch.Tensor:
+    """Robust standard deviation along the last dimension: 1.4826 x the median absolute deviation."""
+    return 1.4826 * (t - t.median(-1, keepdim=True).values).abs().median(-1).values
+
+
 def _residual_levels(noisy: torch.Tensor, denoised: torch.Tensor,
                      alpha: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, float]:
     """The first pass's residual noisy - denoised ((1,C,H,W) in [0, 1]) read per brightness bin of the
@@ -434,14 +446,12 @@ def _residual_levels(noisy: torch.Tensor, denoised: torch.Tensor,
         n = int(sel.sum())
         if n < RESIDUAL_MIN_PIXELS or float(clipped[sel].mean()) > RESIDUAL_MAX_CLIPPED:
             continue
-        rc = r[:, sel]
-        level[i] = float((1.4826 * (rc - rc.median(1, keepdim=True).values).abs().median(1).values).mean())
+        level[i] = float(_mad_std(r[:, sel]).mean())
         count[i] = n
     if r.shape[0] == 1 or r.shape[1] == 0:
         return level, count, math.inf
     luma = r.mean(0)
-    mad = lambda t: float((t - t.median()).abs().median())  # noqa: E731
-    return level, count, mad(r - luma) / max(mad(luma), 1e-12)
+    return level, count, float(_mad_std((r - luma).flatten())) / max(float(_mad_std(luma)), 1e-12)
 
 
 def _second_pass_curve(noisy: torch.Tensor, denoised: torch.Tensor, curve: torch.Tensor,
@@ -469,8 +479,7 @@ def _second_pass_curve(noisy: torch.Tensor, denoised: torch.Tensor, curve: torch
     good = count > 0
     if int(good.sum()) < 3:
         return curve
-    lin = srgb_to_linear(_bin_centres())
-    camera = torch.stack([srgb_slope(lin) ** 2, srgb_slope(lin) ** 2 * lin], 1)
+    camera = _camera_columns()
     v, w = level[good] ** 2, count[good]
     coef, res = _weighted_fit(camera[good], v, w)
     _, flat = _weighted_fit(torch.ones_like(v)[:, None], v, w)
