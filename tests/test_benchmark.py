@@ -116,6 +116,9 @@ def test_parallel_workers_keep_the_methods_order(setup: dict[str, Path], tmp_pat
     assert all(r["peak_mb"] is not None for r in result["results"])  # each in a worker of its own
     with pytest.raises(SystemExit):
         benchmark.parse_args(["--data", "d", "--jobs", "0"])
+    with pytest.raises(SystemExit):  # the Gaussian comparison has no peer limit: it would be ignored
+        benchmark.parse_args(["--data", "d", "--methods", "ours,cbm3d", "--peer-limit", "5"])
+    assert benchmark.parse_args(["--kinds", "--peer-limit", "5"]).peer_limit == 5
 
 
 def test_an_interrupted_run_keeps_the_finished_methods(setup: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

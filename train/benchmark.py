@@ -1254,6 +1254,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             p.error("--kinds and --auto-check are separate runs")
     if args.peer_limit is not None and args.peer_limit < 0:
         p.error(f"--peer-limit must be >= 0, got {args.peer_limit}")
+    if args.peer_limit is not None and args.kinds is None and not args.gray and not args.real:
+        p.error("--peer-limit applies to --kinds, --gray and --real; with --data alone use --limit (every method on the first N images)")
     if args.realism_crops and not args.crop_photos:
         p.error("--realism-crops needs --crop-photos CLEAN1 [CLEAN2]")
     if not (args.data or args.grid_real or args.memory_check or args.tune_nlm or args.cards or args.kinds is not None or args.gray
