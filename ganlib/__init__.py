@@ -9,10 +9,11 @@ from .images import ImageData, ImageError, encode_png, load_image, save_image, t
 from .camera import CameraParams, camera_noise_std_map, sample_camera_params, simulate_camera
 from .compare import KindComparison, compare_kinds, crop_for_compare
 from .impulse import impulse_mask, remove_impulses
-from .inference import Restored, denoise, denoise_image, estimate_noise_map, estimate_sigma, restore
+from .inference import Restored, denoise, denoise_image, restore
 from .metrics import detail_ratio, psnr, ssim
 from .models import Discriminator, DiscriminatorConfig, EstimatorConfig, Generator, GeneratorConfig, NoiseEstimator, count_macs_per_pixel
 from .noise import KINDS, add_noise, informed_noise_map, noise_std_map
+from .noise_level import estimate_noise_map, estimate_sigma
 
 __all__ = [
     "CameraParams",

@@ -616,11 +616,13 @@ def test_the_demo_reads_the_noise_level_function_once(app, rgb_png, tmp_path, mo
     """Photo mode, automatic strength: restore() estimates the map and decides on the camera-noise second pass
     from the same noise-level function, so it is computed once per photo (the estimator on up to 8 tiles)."""
     import ganlib.inference as inference
+    import ganlib.noise_level as noise_level
 
     use_weights_reading_17(app, tmp_path, monkeypatch)
     calls = []
-    real = inference._noise_level_function
-    monkeypatch.setattr(inference, "_noise_level_function", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = noise_level._noise_level_function
+    for module in (inference, noise_level):  # restore() calls it directly for a given map, _blind_map for an estimated one
+        monkeypatch.setattr(module, "_noise_level_function", lambda *a, **k: calls.append(1) or real(*a, **k))
     m = app.run(str(rgb_png), "none").metrics
     assert m["noise_map"] == "estimated" and m["sigma_used"] == pytest.approx(17, abs=1e-3)
     assert len(calls) == 1

@@ -8,7 +8,7 @@ import torch
 
 from ganlib.camera import camera_noise_std_map, sample_camera_params, simulate_camera
 from ganlib.impulse import impulse_mask, remove_impulses
-from ganlib.inference import estimate_noise_map
+from ganlib.noise_level import estimate_noise_map
 from ganlib.metrics import psnr
 from ganlib.models import EstimatorConfig, NoiseEstimator
 from ganlib.noise import add_noise, informed_noise_map, noise_std_map
@@ -262,7 +262,7 @@ def test_the_noise_level_fits_are_non_negative_least_squares() -> None:
     multiplicative (speckle) and a Poisson-Gaussian curve from their bin readings."""
     from scipy.optimize import nnls
 
-    from ganlib.inference import NLF_BINS, _signal_dependent_fit, _signal_share, _weighted_fit
+    from ganlib.noise_level import NLF_BINS, _signal_dependent_fit, _signal_share, _weighted_fit
 
     g = torch.Generator().manual_seed(0)
     for _ in range(20):
@@ -294,7 +294,8 @@ def test_camera_noise_takes_a_second_pass_at_the_first_results_brightness() -> N
     brightness blurs it; flat or rising curves (Gaussian noise) get None, and restore() takes the second
     pass exactly when the refined map exists."""
     from ganlib.hub import Weights
-    from ganlib.inference import estimate_noise_map, refine_noise_map, restore
+    from ganlib.inference import restore
+    from ganlib.noise_level import estimate_noise_map, refine_noise_map
     from ganlib.images import ImageData
     from ganlib.noise import add_noise
     from tests.test_inference import constant_estimator, tiny
@@ -336,7 +337,7 @@ def test_camera_noise_takes_a_second_pass_at_the_first_results_brightness() -> N
 
 def _camera_levels(peak: float, read: float) -> torch.Tensor:
     """The exact camera-noise level (0-1 scale) at each NLF bin's centre brightness."""
-    from ganlib.inference import _bin_centres
+    from ganlib.noise_level import _bin_centres
     from ganlib.noise import noise_std_map
 
     gray = _bin_centres().float().view(1, 1, 1, -1).expand(1, 3, 1, -1)
@@ -349,7 +350,7 @@ def test_the_second_pass_measures_camera_noise_from_the_first_results_residual()
     colour and gray images; Gaussian noise keeps the given curve (a constant fits it better); JPEG
     compression, which takes the colour noise, gets the given curve raised by JPEG_LIFT; transparent
     pixels are left out."""
-    from ganlib.inference import JPEG_LIFT, NLF_BINS, _residual_levels, _second_pass_curve
+    from ganlib.noise_level import JPEG_LIFT, NLF_BINS, _residual_levels, _second_pass_curve
     from ganlib.noise import add_noise
 
     clean = torch.linspace(0.02, 0.98, 256).expand(1, 3, 128, 256).contiguous()

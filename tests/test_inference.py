@@ -6,8 +6,9 @@ import torch
 
 from ganlib.hub import Weights
 from ganlib.images import ImageData
-from ganlib.inference import (REALISM_GAN_SHARE, _fine_band, clean_fine_energy, denoise, gaussian_blur, denoise_image, detail_gain, estimate_noise_map, estimate_sigma,
-                              frequency_separation, restore)
+from ganlib.inference import denoise, denoise_image, restore
+from ganlib.noise_level import estimate_noise_map, estimate_sigma
+from ganlib.realism import REALISM_GAN_SHARE, _fine_band, clean_fine_energy, detail_gain, frequency_separation, gaussian_blur
 from ganlib.models import Generator, GeneratorConfig
 from ganlib.noise import add_noise
 
@@ -171,7 +172,7 @@ def test_denoise_image_realism_needs_gan_weights():
 
 
 def test_estimate_sigma_flat_and_degenerate_images_give_zero_not_nan():
-    from ganlib.inference import estimate_sigma
+    from ganlib.noise_level import estimate_sigma
 
     assert estimate_sigma(torch.full((1, 3, 32, 32), 0.5)) < 1e-6
     assert estimate_sigma(torch.rand(1, 3, 1, 40, generator=torch.Generator().manual_seed(0))) == 0.0
@@ -267,7 +268,7 @@ def test_estimate_sigma_with_an_estimator_tiles_and_channels():
     calls.clear()
     estimate_sigma(x, est, tile=32, max_tiles=1)
     assert len(calls) == 1
-    from ganlib.inference import GRAY_LEVEL_SCALE
+    from ganlib.noise_level import GRAY_LEVEL_SCALE
 
     gray = x.mean(dim=1, keepdim=True)  # gray input, 1 channel or R = G = B: the estimator's gray bias taken out
     assert estimate_sigma(gray, constant_estimator(12.0)) == pytest.approx(12.0 * GRAY_LEVEL_SCALE, rel=1e-4)
@@ -478,7 +479,7 @@ def test_detail_gain_gives_back_the_clean_fine_energy_where_there_was_noise():
 
 
 def test_texture_gate_keeps_the_gan_texture_on_detail_and_off_flat_areas():
-    from ganlib.inference import texture_gate
+    from ganlib.realism import texture_gate
 
     g = torch.Generator().manual_seed(0)
     base = torch.full((1, 3, 48, 96), 0.5)

@@ -659,7 +659,7 @@ def test_gray_validation_images_are_one_channel_luma(tmp_path: Path) -> None:
 
 
 def test_estimated_maps_replace_a_seeded_share_of_the_exact_ones() -> None:
-    from ganlib.inference import estimate_noise_map
+    from ganlib.noise_level import estimate_noise_map
     from ganlib.models import EstimatorConfig, NoiseEstimator
     from train.train import with_estimated_maps
 

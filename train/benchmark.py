@@ -72,7 +72,8 @@ from tqdm import tqdm
 
 from ganlib.hub import load_weights
 from ganlib.images import load_image, to_numpy, to_pil, to_tensor
-from ganlib.inference import PRECISIONS, denoise, estimate_noise_map, estimate_sigma, resolve_precision
+from ganlib.inference import PRECISIONS, denoise, resolve_precision
+from ganlib.noise_level import estimate_noise_map, estimate_sigma
 from ganlib.metrics import detail_ratio, psnr, ssim
 from ganlib.noise import add_noise
 

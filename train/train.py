@@ -30,7 +30,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ganlib.images import to_pil
-from ganlib.inference import denoise, estimate_noise_map, estimate_sigma
+from ganlib.inference import denoise
+from ganlib.noise_level import estimate_noise_map, estimate_sigma
 from ganlib.metrics import psnr, ssim
 from ganlib.models import Discriminator, DiscriminatorConfig, EstimatorConfig, Generator, GeneratorConfig, NoiseEstimator
 from ganlib.noise import add_noise, noise_std_map
