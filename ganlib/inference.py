@@ -1,11 +1,11 @@
 """The one inference entry point: tensors in, tensors out, any size through overlapping tiles.
 
-`denoise(model, noisy, sigma)` is what the CLI, the training validation, the benchmark, the demo and
-the tests call. Noise levels given here are on the 0-255 scale (a number, or a (N,1,H,W) map);
-None means "estimate it from the image". `denoise_image(weights, image)` is the same on a loaded
-`ImageData` (alpha, bit depth, ICC profile kept) with the fidelity/GAN blend chosen by `realism`.
+`restore(weights, image)` is what the demo, the CLI and the benchmark call: impulse detection, the
+noise-level map (given, or estimated by `ganlib.noise_level`), tiled denoising, a second pass for camera
+noise, pixel-shuffle for real photos, realism (`ganlib.realism`). `denoise(model, noisy, sigma)` is its
+network part, which the training validation and the tests call too. Noise levels given here are on the
+0-255 scale (a number, or a (N,1,H,W) map). `denoise_image(weights, image)` is `restore(...).image`.
 """
-
 from __future__ import annotations
 
 import logging
