@@ -78,6 +78,16 @@ def test_parse_args_methods_and_sweep() -> None:
         benchmark.parse_args(["--methods", "ours"])  # nothing to do
 
 
+def test_peer_limit_is_refused_where_it_would_be_ignored(capsys: pytest.CaptureFixture[str]) -> None:
+    """The Gaussian comparison (--data alone) runs every method on the same images: a peer limit there
+    would be silently ignored, so it is refused with a pointer to --limit."""
+    with pytest.raises(SystemExit):
+        benchmark.parse_args(["--data", "d", "--methods", "ours,cbm3d", "--peer-limit", "5"])
+    assert "--peer-limit applies to --kinds, --gray and --real" in capsys.readouterr().err
+    assert benchmark.parse_args(["--kinds", "--peer-limit", "5"]).peer_limit == 5
+    assert benchmark.parse_args(["--gray", "g", "--peer-limit", "5"]).peer_limit == 5
+
+
 def test_benchmark_table_json_and_plot(setup: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out, plot = tmp_path / "results.json", tmp_path / "plot.png"
     rc = benchmark.main(["--data", str(setup["data"]), "--sigmas", "25", "--methods", "ours,nlm", "--realism-sweep", "0.5",
@@ -116,9 +126,6 @@ def test_parallel_workers_keep_the_methods_order(setup: dict[str, Path], tmp_pat
     assert all(r["peak_mb"] is not None for r in result["results"])  # each in a worker of its own
     with pytest.raises(SystemExit):
         benchmark.parse_args(["--data", "d", "--jobs", "0"])
-    with pytest.raises(SystemExit):  # the Gaussian comparison has no peer limit: it would be ignored
-        benchmark.parse_args(["--data", "d", "--methods", "ours,cbm3d", "--peer-limit", "5"])
-    assert benchmark.parse_args(["--kinds", "--peer-limit", "5"]).peer_limit == 5
 
 
 def test_an_interrupted_run_keeps_the_finished_methods(setup: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
