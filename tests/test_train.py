@@ -599,6 +599,21 @@ def test_mixture_gray_real_and_overstated_samples() -> None:
     assert min(levels) >= 10 - 1e-4 and max(levels) > 20  # the map overstates the noise, never understates it
 
 
+def test_sigma_power_puts_more_gaussian_samples_at_low_levels() -> None:
+    from train.data import sample_noise
+
+    clean = torch.full((3, 16, 16), 0.5)
+
+    def levels(power: float) -> list[float]:
+        cfg = NoiseConfig(mix={"gaussian": 1.0}, sigma=(0.0, 75.0), sigma_power=power, clip_prob=0.0)
+        return [float(sample_noise(clean, cfg, torch.Generator().manual_seed(s))[2].mean()) * 255 for s in range(400)]
+
+    uniform, low = levels(1.0), levels(2.0)
+    # power 1 is the uniform draw (mean 37.5); power 2 has mean 75 / 3 = 25 and the same range
+    assert abs(np.mean(uniform) - 37.5) < 3 and abs(np.mean(low) - 25.0) < 3
+    assert min(low) >= 0 and max(low) <= 75 and np.mean([v < 15 for v in low]) > 1.5 * np.mean([v < 15 for v in uniform])
+
+
 def test_soup_averages_two_generators_weight_by_weight(tmp_path: Path) -> None:
     from ganlib.models import GeneratorConfig
     from train import export
