@@ -150,7 +150,7 @@ def model_card(cfg, metrics: dict[str, float], *, train_images: int, val_images:
         val_images=val_images,
         mix=json.dumps(cfg.noise.mix),
         sigma=str(list(cfg.noise.sigma)) + (f" (drawn as low + (high - low) * u^{cfg.noise.sigma_power:g}, u uniform)"
-                                            if getattr(cfg.noise, "sigma_power", 1.0) != 1.0 else ""),
+                                            if cfg.noise.sigma_power != 1.0 else ""),
         clip_pct=100 * cfg.noise.clip_prob,
         total_hours=sum(r.get("hours", 0.0) for r in history),
         runs="\n".join(_run_line(r) for r in history),
