@@ -98,7 +98,7 @@ def refine_sigma(whole_share: float = 0.0) -> float:
     session 15, takes the whole-pixel strength) +0.31 / +0.33 / +0.31 / +0.24. Session 18's (grown to
     [4, 2, 8]) do best at 5 for both: against 6, per channel +0.20 / +0.15 / +0.02 / -0.12 dB at amounts
     0.01 / 0.05 / 0.2 / 0.5, whole-pixel +0.11 / +0.05 / +0.01 / -0.02, gray +0.06 / +0.08 / +0.09 /
-    +0.05 (4 and 7 lower on average).
+    +0.05 (4 and 7 lower on average). Kept at 5 for session 21's (grown to [4, 4, 8]), not re-picked.
     Raises ValueError when whole_share is outside [0, 1]."""
     if not 0.0 <= whole_share <= 1.0:
         raise ValueError(f"whole_share must be in [0, 1], got {whole_share!r}")

@@ -20,8 +20,8 @@ from torch import nn
 @dataclass
 class GeneratorConfig:
     """Shape of the generator. The defaults are the first shipped shape (about 60k multiply-adds per
-    pixel); the shipped weights have blocks [4, 2, 8] (about 97k; [4, 2, 6] in session 17), grown from
-    it by `train/grow.py`. A weights folder's config.json gives its shape."""
+    pixel); the shipped weights have blocks [4, 4, 8] (about 116k; [4, 2, 8] in sessions 18-20), grown
+    from it by `train/grow.py`. A weights folder's config.json gives its shape."""
 
     channels: int = 3  # 3 for colour, 1 for grayscale
     widths: list[int] = field(default_factory=lambda: [32, 64, 128])  # feature width per U-Net level
