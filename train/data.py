@@ -124,11 +124,13 @@ def split(paths: list[Path], val_count: int, seed: int) -> tuple[list[Path], lis
     return train, val
 
 
-def _uniform(g: torch.Generator, lo: float, hi: float, log_scale: bool = False) -> float:
+def _uniform(g: torch.Generator, lo: float, hi: float, log_scale: bool = False, power: float = 1.0) -> float:
+    """One draw in [lo, hi] from `g`: uniform, log-uniform (log_scale), or lo + (hi - lo) * u**power
+    (power above 1 leans towards lo; power 1 is the uniform draw, value for value)."""
     u = float(torch.rand((), generator=g))
     if log_scale:
         return float(np.exp(np.log(lo) + u * (np.log(hi) - np.log(lo))))
-    return lo + u * (hi - lo)
+    return lo + u**power * (hi - lo)
 
 
 def _gray(clean: torch.Tensor) -> torch.Tensor:
@@ -154,8 +156,7 @@ def sample_noise(clean: torch.Tensor, cfg: NoiseConfig, g: torch.Generator) -> t
         target, noisy, smap = camera_sample(clean, g, jpeg_prob=cfg.real_jpeg_prob, shot_range=tuple(cfg.real_shot), nr_prob=cfg.real_nr_prob)
         return target, noisy, _overstate(smap, cfg, g)
     if kind == "gaussian":
-        lo, hi = cfg.sigma
-        params = {"sigma": lo + (hi - lo) * float(torch.rand((), generator=g)) ** cfg.sigma_power}
+        params = {"sigma": _uniform(g, *cfg.sigma, power=cfg.sigma_power)}
     elif kind == "poisson":
         params = {"peak": _uniform(g, *cfg.peak, log_scale=True)}
     elif kind == "speckle":
