@@ -56,10 +56,11 @@ def _gray_as_rgb(x: torch.Tensor) -> bool:
 
 NLF_BINS = 16  # intensity bins of the noise-level function
 # The estimator reads channel-identical (gray) noise 12-15% high (Gaussian 15/25/50 on 12 CBSD432 and
-# 10 Sun80 training photos made gray). With session 22's gray generator, on the 32 held-back photos made
-# gray, 0.95 leads 0.9 and 1.0 over Gaussian 15/25/50, Poisson 10, speckle 0.3 and camera noise together
-# (0.9 loses 0.16 / 0.29 dB at Poisson 10 / speckle 0.3: that generator leaves more noise under a low map).
-GRAY_LEVEL_SCALE = 0.95
+# 10 Sun80 training photos made gray); scaled by 0.9 the automatic strength gains 0.01-0.48 dB there.
+# Signal-dependent curves (Poisson, speckle: `_wavelet_curve` used alone) are not scaled: with session
+# 22's gray generator, on the 32 held-back photos made gray, Poisson 10 / speckle 0.3 read 24.63 / 25.83
+# dB scaled by 0.9 and 24.84 / 26.09 unscaled, while Gaussian 15 / 25 / 50 want 0.9 (1.0: -0.17 / -0.02 / -0.13).
+GRAY_LEVEL_SCALE = 0.9
 NLF_MIN_BLOCKS = 32  # blocks a bin needs to stand on its own; sparser bins lean on the overall level
 
 
@@ -283,7 +284,8 @@ def _noise_level_function(image: torch.Tensor, estimator: NoiseEstimator, *, til
        estimator's flattened curve would overstate the dark bins two- to fourfold. Measured on 15
        held-back training crops against the estimator's curve alone: +0.06 to +0.68 dB on clipped
        Gaussian, Poisson, speckle and camera noise (Kodak24, where little is clipped: -0.01 to +0.29).
-    A gray image (1 channel, or R = G = B) has its block estimates scaled by GRAY_LEVEL_SCALE.
+    A gray image (1 channel, or R = G = B) has its block estimates scaled by GRAY_LEVEL_SCALE (a
+    signal-dependent curve is not: see there).
     Raises ValueError for a malformed image, alpha, tile or max_tiles.
     """
     if image.dim() != 4 or image.shape[0] != 1 or image.shape[1] not in (1, 3):
@@ -333,6 +335,8 @@ def _noise_level_function(image: torch.Tensor, estimator: NoiseEstimator, *, til
     clear = ~torch.cat(clipped)
     if int(clear.sum()) >= NLF_MIN_BLOCKS:
         shape, dependent = _wavelet_curve(bright[clear], torch.cat(details)[clear], level[clear])
+        if dependent and gray:
+            shape = shape / GRAY_LEVEL_SCALE  # see GRAY_LEVEL_SCALE: signal-dependent noise is not scaled
         curve = shape if dependent else torch.maximum(curve, shape)
     return curve, sigma if math.isfinite(sigma) else 0.0
 

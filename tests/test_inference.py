@@ -538,3 +538,23 @@ def test_keep_brightness_takes_back_unexplained_shifts_only() -> None:
     lifted = torch.where(half > 0, half + 5 / 255, half).clamp(0, 1)  # +2.5 levels on average
     shift = (keep_brightness(half, lifted.clone(), 100.0).mean((2, 3)) - half.mean((2, 3))) * 255
     assert float(shift.max()) <= BRIGHTNESS_SLACK + 0.25  # one pass: 0.75 + 1.75 / 2 = 1.63
+
+
+def test_gray_scale_leaves_signal_dependent_noise_alone(monkeypatch):
+    """The gray-level scale corrects the estimator's reading of channel-identical Gaussian noise; a
+    signal-dependent curve (speckle noise on a gray ramp) is used as read."""
+    from ganlib import noise_level
+    from ganlib.noise import add_noise
+    from ganlib.noise_level import estimate_noise_map
+
+    ramp = torch.linspace(0.05, 0.95, 192).view(1, 1, 1, 192).expand(1, 1, 192, 192).contiguous()
+    est = constant_estimator(20.0)
+    speckle = add_noise(ramp, "speckle", sigma=0.3, seed=0)
+    gaussian = add_noise(ramp, "gaussian", sigma=20, seed=0)
+    maps = {}
+    for scale in (0.9, 0.5):
+        monkeypatch.setattr(noise_level, "GRAY_LEVEL_SCALE", scale)
+        maps[scale] = [estimate_noise_map(x, est)[0] for x in (speckle, gaussian)]
+    assert torch.allclose(maps[0.9][0], maps[0.5][0])  # speckle: the scale is not applied
+    assert float(maps[0.5][0][..., :, 150:].mean()) > 1.5 * float(maps[0.5][0][..., :, :40].mean())  # rising with brightness
+    assert float(maps[0.5][1].mean()) == pytest.approx(float(maps[0.9][1].mean()) * 0.5 / 0.9, rel=0.02)  # Gaussian: scaled
