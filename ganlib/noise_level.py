@@ -59,7 +59,8 @@ NLF_BINS = 16  # intensity bins of the noise-level function
 # 10 Sun80 training photos made gray); scaled by 0.9 the automatic strength gains 0.01-0.48 dB there.
 # Signal-dependent curves (Poisson, speckle: `_wavelet_curve` used alone) are not scaled: with session
 # 22's gray generator, on the 32 held-back photos made gray, Poisson 10 / speckle 0.3 read 24.63 / 25.83
-# dB scaled by 0.9 and 24.84 / 26.09 unscaled, while Gaussian 15 / 25 / 50 want 0.9 (1.0: -0.17 / -0.02 / -0.13).
+# dB scaled by 0.9, 24.84 / 26.09 with no scale at all and 24.74 / 26.09 with this rule, while Gaussian
+# 15 / 25 / 50 want 0.9 (no scale: -0.17 / -0.02 / -0.13).
 GRAY_LEVEL_SCALE = 0.9
 NLF_MIN_BLOCKS = 32  # blocks a bin needs to stand on its own; sparser bins lean on the overall level
 

@@ -540,7 +540,7 @@ def test_keep_brightness_takes_back_unexplained_shifts_only() -> None:
     assert float(shift.max()) <= BRIGHTNESS_SLACK + 0.25  # one pass: 0.75 + 1.75 / 2 = 1.63
 
 
-def test_gray_scale_leaves_signal_dependent_noise_alone(monkeypatch):
+def test_gray_scale_leaves_signal_dependent_noise_alone(monkeypatch) -> None:
     """The gray-level scale corrects the estimator's reading of channel-identical Gaussian noise; a
     signal-dependent curve (speckle noise on a gray ramp) is used as read."""
     from ganlib import noise_level
