@@ -325,20 +325,18 @@ def _noise_level_function(image: torch.Tensor, estimator: NoiseEstimator, *, til
         brightness.append(mean[keep])
         clipped.append(extreme[keep] > CLIPPED_SHARE)
         details.append(detail[keep])
-    level = torch.cat(levels) if levels else torch.zeros(0)
-    if gray:
-        level = level * GRAY_LEVEL_SCALE
-    if level.numel() == 0:
+    read = torch.cat(levels) if levels else torch.zeros(0)
+    if read.numel() == 0:
         return None, 0.0
+    scale = GRAY_LEVEL_SCALE if gray else 1.0  # not for a signal-dependent curve: see GRAY_LEVEL_SCALE
+    level = read * scale
     sigma = float(level.double().mean()) * 255.0
     bright = torch.cat(brightness).clamp(0, 1)
     curve = _nlf_curve(bright, level, sigma / 255.0)
     clear = ~torch.cat(clipped)
     if int(clear.sum()) >= NLF_MIN_BLOCKS:
-        shape, dependent = _wavelet_curve(bright[clear], torch.cat(details)[clear], level[clear])
-        if dependent and gray:
-            shape = shape / GRAY_LEVEL_SCALE  # see GRAY_LEVEL_SCALE: signal-dependent noise is not scaled
-        curve = shape if dependent else torch.maximum(curve, shape)
+        shape, dependent = _wavelet_curve(bright[clear], torch.cat(details)[clear], read[clear])
+        curve = shape if dependent else torch.maximum(curve, shape * scale)
     return curve, sigma if math.isfinite(sigma) else 0.0
 
 
