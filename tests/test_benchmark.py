@@ -396,6 +396,11 @@ def test_real_mode_end_to_end(setup: dict[str, Path], tmp_path: Path, capsys: py
     assert real["noisy"]["images"] == real["ours_auto"]["images"] == real["nlm_oracle"]["images"] == real["ours@0.5"]["images"] == 2
     assert real["ours_stride2"]["images"] == 2 and real["ours_stride2"]["psnr"] != real["ours_auto"]["psnr"]  # another path
     assert real["ours_stride2_x8"]["images"] == 2 and real["ours_stride2_x8"]["psnr"] != real["ours_stride2"]["psnr"]  # the ensemble ran
+    # the realism sweep runs at the camera-photo setting too, and ours reports its detail ratio everywhere
+    assert "ours_stride2@0" not in real and real["ours_stride2@0.5"]["images"] == 2
+    assert real["ours_stride2@0.5"]["psnr"] not in (real["ours_stride2"]["psnr"], real["ours@0.5"]["psnr"])
+    for key in ("ours_auto", "ours_stride2", "ours@0.5", "ours_stride2@0.5"):
+        assert len(real[key]["detail_per_image"]) == 2 and all(d > 0 for d in real[key]["detail_per_image"])
     assert real["nlm_oracle"]["psnr"] > real["noisy"]["psnr"] + 2 and all(h in benchmark.NLM_REAL_H for h in real["nlm_oracle"]["h_per_image"])
     assert real["cbm3d"]["images"] == 1 and real["cbm3d"]["sigma_per_image"][0] == pytest.approx(10, rel=0.3)
     assert real["cbm3d"]["psnr"] > real["noisy"]["psnr_per_image"][0] + 2 and "ours_on_same_images" in real["cbm3d"]
@@ -403,6 +408,9 @@ def test_real_mode_end_to_end(setup: dict[str, Path], tmp_path: Path, capsys: py
     assert "**real** (2 real noisy photos against the mean image)" in printed and "| cam1 | " in printed and "| **mean** | " in printed
     assert "ours@0.5" in printed and "NLM is an oracle" in printed and "ours, stride 2 (sigma)" in printed
     assert "ours, stride 2 + x8 ensemble" in printed and "ours stride 2 + x8" in printed
+    sweep_rows = printed.split("**real, realism sweep**")[1].split("\n\n")[1].splitlines()
+    assert sweep_rows[0] == "| realism | stride 1 | stride 2 |" and [r.split(" | ")[0] for r in sweep_rows[2:]] == ["| 0", "| 0.5"]
+    assert "not run" not in "\n".join(sweep_rows) and sweep_rows[3].count("(") == 2  # PSNR / SSIM (detail) in both columns
     with pytest.raises(SystemExit, match="no NAME_real"):
         benchmark.real_pairs(setup["data"], None)
 
