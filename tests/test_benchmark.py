@@ -422,8 +422,9 @@ def test_realism_crops_and_brightness_check(setup: dict[str, Path], tmp_path: Pa
     out = tmp_path / "crops.png"
     rows = benchmark.realism_crops(photos_, (photos_[0], photos_[1]), out, str(setup["weights"]), [0.0, 1.0], side=16)
     assert [r["case"].split(": ")[-1] for r in rows[:2]] == ["gaussian 25", "camera 30/4/JPEG 75"] and rows[2]["case"].endswith("(real)")
+    assert rows[3]["case"].endswith("(real, camera-photo mode: stride 2)") and rows[3]["psnr@0"] != rows[2]["psnr@0"]  # the other path
     assert all({"psnr@0", "psnr@1", "detail@0", "detail@1"} <= set(r) for r in rows)
-    assert Image.open(out).size == (16 * 2 * 4, 18 + 3 * (18 + 32 + 18 + 16))  # 4 columns at 200%, 3 cases
+    assert Image.open(out).size == (16 * 2 * 4, 18 + 4 * (18 + 32 + 18 + 16))  # 4 columns at 200%, 4 cases
     bright = benchmark.brightness_check(str(setup["weights"]), strengths=(0, 50))
     assert [r["image"] for r in bright] == ["flat gray 128", "colour ramp", "astronaut (clean)"]
     assert all(r["0"] >= 0 and r["50"] >= 0 for r in bright)

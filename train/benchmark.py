@@ -564,9 +564,10 @@ def realism_crops(clean_photos: list[Path], real_pair: tuple[Path, Path] | None,
                   realisms: list[float], side: int = 96, precision: str = "auto") -> list[dict]:
     """A figure of textured crops: one row per case, clean | noisy | ours at each realism, each cell at
     100% and 200% (nearest neighbour). Cases: gaussian 25 on the first clean photo, camera noise
-    (peak 30, read 4, JPEG 75) on the second, and a real noisy photo with its ground truth. Ours
-    denoises the whole image (informed for the synthetic noise, automatic for the real photo) and the
-    crop is the most textured window of the clean image. Returns per-row PSNR and detail ratio."""
+    (peak 30, read 4, JPEG 75) on the second, and a real noisy photo with its ground truth, at the
+    default stride 1 and in the camera-photo mode (stride 2). Ours denoises the whole image (informed
+    for the synthetic noise, automatic for the real photo) and the crop is the most textured window of
+    the clean image. Returns per-row PSNR and detail ratio."""
     from PIL import Image, ImageDraw
 
     from ganlib.compare import most_textured_window
@@ -580,16 +581,19 @@ def realism_crops(clean_photos: list[Path], real_pair: tuple[Path, Path] | None,
     for path, (label, kind, params) in zip(clean_photos, specs):
         clean = load_rgb(path)
         noisy = add_noise(clean, kind, seed=0, quantize=True, **params)
-        cases.append((f"{path.stem}: {label}", clean, noisy, informed_noise_map(clean, kind, **params)))
+        cases.append((f"{path.stem}: {label}", clean, noisy, informed_noise_map(clean, kind, **params), 1))
     if real_pair is not None:
-        cases.append((f"{real_pair[0].stem} (real)", load_rgb(real_pair[1]), load_rgb(real_pair[0]), None))
+        clean, noisy = load_rgb(real_pair[1]), load_rgb(real_pair[0])
+        cases.append((f"{real_pair[0].stem} (real)", clean, noisy, None, 1))
+        cases.append((f"{real_pair[0].stem} (real, camera-photo mode: stride 2)", clean, noisy, None, 2))
     rows, info = [], []
-    for label, clean, noisy, smap in cases:
+    for label, clean, noisy, smap, stride in cases:
         y, x = most_textured_window(clean, side)
         cells = [clean, noisy]
         row = {"case": label, "crop": [y, x, side, side]}
         for r in realisms:
-            den = restore(weights, ImageData(pixels=noisy), sigma=smap, realism=r, precision=precision, impulses=False).image.pixels
+            den = restore(weights, ImageData(pixels=noisy), sigma=smap, realism=r, precision=precision, impulses=False,
+                          stride=stride).image.pixels
             cells.append(den)
             row[f"psnr@{r:g}"] = round(psnr(den, clean), 3)
             row[f"detail@{r:g}"] = round(detail_ratio(den, clean), 3)
