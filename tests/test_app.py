@@ -863,3 +863,10 @@ def test_camera_photo_hint_from_exif(app, tmp_path, rgb_png):
     assert not any("Camera / phone photo" in n for n in app.run(str(rgb_png), "none", {}).metrics["notes"])  # no EXIF
     assert not any("Camera / phone photo" in n for n in app.run(str(jpg), "gaussian", {"sigma": 10}).metrics["notes"])  # lab
     assert app.camera_make(None) is None and app.camera_make(b"not an exif block") is None
+    # realism sharpens the noise left at stride 1: said with the camera hint, or on its own without EXIF
+    hint = [n for n in app.run(str(jpg), "none", {}, realism=0.5).metrics["notes"] if "Camera / phone photo" in n]
+    assert len(hint) == 1 and "ACME X100" in hint[0] and "realism sharpens" in hint[0]
+    hint = [n for n in app.run(str(rgb_png), "none", {}, realism=0.5).metrics["notes"] if "Camera / phone photo" in n]
+    assert len(hint) == 1 and hint[0].startswith("realism sharpens")
+    assert not any("realism sharpens" in n for n in app.run(str(rgb_png), "none", {}, realism=0.5, stride=2).metrics["notes"])
+    assert not any("realism sharpens" in n for n in app.run(str(rgb_png), "gaussian", {"sigma": 10}, realism=0.5).metrics["notes"])
