@@ -731,3 +731,46 @@ def test_grow_adds_identity_blocks_and_matches_a_grown_model(tmp_path: Path) -> 
     assert history[-1]["stage"] == "grow" and "grown to [2, 1]" in export._run_line(history[-1])
     with pytest.raises(SystemExit):
         grow_main([str(tmp_path / "a"), "--output-dir", str(tmp_path / "h")])  # neither --blocks nor --like
+
+
+def test_transplant_adds_the_gan_change_to_new_fidelity_weights(tmp_path: Path) -> None:
+    """Task arithmetic: onto + (gan - base) on the parameters base has; grown blocks keep onto's weights."""
+    from ganlib.models import GeneratorConfig
+    from train import export
+    from train.grow import grow
+    from train.transplant import main as transplant_main
+    from train.transplant import transplant
+
+    torch.manual_seed(0)
+    base = Generator(GeneratorConfig(widths=[8, 16], blocks=[1, 1]))
+    gan = Generator(GeneratorConfig(widths=[8, 16], blocks=[1, 1]))
+    gan.load_state_dict({k: v + 0.01 * torch.randn_like(v) for k, v in base.state_dict().items()})
+    onto = grow(base, [2, 1])  # the fidelity model, grown and fine-tuned since
+    with torch.no_grad():
+        for p in onto.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    gan_grown = grow(gan, [2, 1], like=onto)  # the GAN stage grown to match, as shipped
+    for source in (gan, gan_grown):
+        out, moved = transplant(source, base, onto)
+        so, sn, sg, sb = out.state_dict(), onto.state_dict(), gan.state_dict(), base.state_dict()
+        assert moved == len(sb) and set(so) == set(sn)
+        for key in sn:
+            want = sn[key] + (sg[key] - sb[key]) if key in sb else sn[key]
+            assert torch.allclose(so[key], want, atol=1e-6), key
+        assert not torch.equal(so["encoders.0.0.conv1.weight"], sn["encoders.0.0.conv1.weight"])
+        assert torch.equal(so["encoders.0.1.conv2.weight"], sn["encoders.0.1.conv2.weight"])  # grown block: onto's, not zero
+        assert sn["encoders.0.1.conv2.weight"].any()
+    same, moved = transplant(base, base, onto)  # no change to carry
+    assert all(torch.equal(a, b) for a, b in zip(same.state_dict().values(), onto.state_dict().values()))
+    with pytest.raises(ValueError, match="shapes differ"):  # another network's weights
+        transplant(Generator(GeneratorConfig(widths=[8, 32], blocks=[1, 1])), base, onto)
+    for name, model in (("gan", gan), ("base", base), ("onto", onto)):
+        model.save_pretrained(tmp_path / name)
+    folder = transplant_main([str(tmp_path / "gan"), "--base", str(tmp_path / "base"), "--onto", str(tmp_path / "onto"),
+                              "--output-dir", str(tmp_path / "ta")])
+    loaded = Generator.from_pretrained(folder)
+    assert all(torch.allclose(a, b) for a, b in zip(loaded.state_dict().values(), transplant(gan, base, onto)[0].state_dict().values()))
+    history = json.loads((folder / "training.json").read_text())
+    assert history[-1]["stage"] == "transplant" and "task arithmetic" in export._run_line(history[-1])
+    with pytest.raises(SystemExit):
+        transplant_main([str(tmp_path / "gan"), "--base", str(tmp_path / "nope"), "--onto", str(tmp_path / "onto"), "--output-dir", str(tmp_path / "x")])

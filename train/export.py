@@ -104,6 +104,9 @@ def _run_line(run: dict) -> str:
         return f"  - weight average: {1 - run['weight']:g} x `{run['a']}` + {run['weight']:g} x `{run['b']}` (`train/soup.py`)"
     if run.get("stage") == "grow":
         return f"  - grown to {run['blocks']} residual blocks per level, the new ones starting as the identity (`train/grow.py`)"
+    if run.get("stage") == "transplant":
+        return (f"  - plus the GAN stage's weight change, `{run['gan']}` minus `{run['base']}` that it was trained from "
+                f"({run['tensors']} tensors; task arithmetic, `train/transplant.py`)")
     return (f"  - {run['stage']}: {run['steps']} steps of batch {run['batch']}, {run['crop']}x{run['crop']} crops, "
             f"peak lr {run['lr']:g}, {run['hours']:.2f} hours on {run['device']}")
 
