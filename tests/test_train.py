@@ -772,5 +772,9 @@ def test_transplant_adds_the_gan_change_to_new_fidelity_weights(tmp_path: Path) 
     assert all(torch.allclose(a, b) for a, b in zip(loaded.state_dict().values(), transplant(gan, base, onto)[0].state_dict().values()))
     history = json.loads((folder / "training.json").read_text())
     assert history[-1]["stage"] == "transplant" and "task arithmetic" in export._run_line(history[-1])
+    assert history[-1]["gan_runs"] == []  # the toy GAN folder has no recorded adversarial run
+    line = export._run_line({**history[-1], "gan_runs": [{"stage": "gan", "steps": 800, "batch": 8, "crop": 96, "lr": 5e-5,
+                                                          "hours": 0.46, "device": "a 2-core CPU"}]})
+    assert line.endswith("that change: gan: 800 steps of batch 8, 96x96 crops, peak lr 5e-05, 0.46 hours on a 2-core CPU")
     with pytest.raises(SystemExit):
         transplant_main([str(tmp_path / "gan"), "--base", str(tmp_path / "nope"), "--onto", str(tmp_path / "onto"), "--output-dir", str(tmp_path / "x")])

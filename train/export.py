@@ -105,8 +105,9 @@ def _run_line(run: dict) -> str:
     if run.get("stage") == "grow":
         return f"  - grown to {run['blocks']} residual blocks per level, the new ones starting as the identity (`train/grow.py`)"
     if run.get("stage") == "transplant":
+        made = "; ".join(_run_line(r).strip()[2:] for r in run.get("gan_runs", []))
         return (f"  - plus the GAN stage's weight change, `{run['gan']}` minus `{run['base']}` that it was trained from "
-                f"({run['tensors']} tensors; task arithmetic, `train/transplant.py`)")
+                f"({run['tensors']} tensors; task arithmetic, `train/transplant.py`)" + (f"; that change: {made}" if made else ""))
     return (f"  - {run['stage']}: {run['steps']} steps of batch {run['batch']}, {run['crop']}x{run['crop']} crops, "
             f"peak lr {run['lr']:g}, {run['hours']:.2f} hours on {run['device']}")
 

@@ -71,7 +71,9 @@ def main(argv: list[str] | None = None) -> Path:
         delta = sum(float((a - o).pow(2).sum()) for a, o in zip(model.parameters(), onto.parameters())) ** 0.5
     out = Path(args.output_dir)
     model.save_pretrained(out)
-    history = [*training_history(args.onto), {"stage": "transplant", "gan": args.gan, "base": args.base, "tensors": moved}]
+    adversarial = [r for r in training_history(args.gan) if r.get("stage") == "gan"]  # the runs that made the change
+    history = [*training_history(args.onto), {"stage": "transplant", "gan": args.gan, "base": args.base, "tensors": moved,
+                                               "gan_runs": adversarial}]
     (out / "training.json").write_text(json.dumps(history, indent=2))
     config = Path(args.gan) / "train_config.json"
     if config.is_file():
