@@ -162,6 +162,20 @@ def model_card(cfg, metrics: dict[str, float], *, train_images: int, val_images:
     )
 
 
+def save_derived(model: torch.nn.Module, out: Path, history: list[dict], config_from: str | Path) -> None:
+    """Save weights made without a training run (`train/grow.py`, `train/transplant.py`) into `out`:
+    the model (safetensors and config), its `training.json` (`history`), and, when the folder
+    `config_from` has a train_config.json, that config with this generator's shape, validated into a
+    model card (`validated_card`)."""
+    model.save_pretrained(out)
+    (out / "training.json").write_text(json.dumps(history, indent=2))
+    config = Path(config_from) / "train_config.json"
+    if config.is_file():
+        values = json.loads(config.read_text())
+        values["generator"] = asdict(model.config)
+        validated_card(model, out, values, history)
+
+
 def validated_card(model: torch.nn.Module, out: Path, values: dict, history: list[dict]) -> None:
     """For weights made without a training run (`train/soup.py`, `train/grow.py`): validate `model` on
     the held-back images of the run config `values` and write its model card, metrics.json and

@@ -17,7 +17,6 @@ instead of mixing it with random weights, and each grown model's own output is u
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from dataclasses import asdict
 from pathlib import Path
@@ -26,7 +25,7 @@ import torch
 
 from ganlib.models import Generator, GeneratorConfig
 
-from .export import training_history, validated_card
+from .export import save_derived, training_history
 
 log = logging.getLogger(__name__)
 
@@ -79,14 +78,7 @@ def main(argv: list[str] | None = None) -> Path:
     except (OSError, ValueError) as err:
         parser.error(str(err))
     out = Path(args.output_dir)
-    grown.save_pretrained(out)
-    history = [*training_history(args.source), {"stage": "grow", "blocks": list(blocks), "like": args.like}]
-    (out / "training.json").write_text(json.dumps(history, indent=2))
-    config = Path(args.source) / "train_config.json"
-    if config.is_file():
-        values = json.loads(config.read_text())
-        values["generator"] = asdict(grown.config)
-        validated_card(grown, out, values, history)
+    save_derived(grown, out, [*training_history(args.source), {"stage": "grow", "blocks": list(blocks), "like": args.like}], args.source)
     log.info("grew %s from blocks %s to %s in %s", args.source, model.config.blocks, list(blocks), out)
     return out
 

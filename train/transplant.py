@@ -16,16 +16,14 @@ fidelity weights unchanged: the GAN stage never trained them.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from ganlib.models import Generator
 
-from .export import training_history, validated_card
+from .export import save_derived, training_history
 
 log = logging.getLogger(__name__)
 
@@ -70,16 +68,10 @@ def main(argv: list[str] | None = None) -> Path:
         norm = sum(float(p.pow(2).sum()) for p in onto.parameters()) ** 0.5
         delta = sum(float((a - o).pow(2).sum()) for a, o in zip(model.parameters(), onto.parameters())) ** 0.5
     out = Path(args.output_dir)
-    model.save_pretrained(out)
     adversarial = [r for r in training_history(args.gan) if r.get("stage") == "gan"]  # the runs that made the change
     history = [*training_history(args.onto), {"stage": "transplant", "gan": args.gan, "base": args.base, "tensors": moved,
                                                "gan_runs": adversarial}]
-    (out / "training.json").write_text(json.dumps(history, indent=2))
-    config = Path(args.gan) / "train_config.json"
-    if config.is_file():
-        values = json.loads(config.read_text())
-        values["generator"] = asdict(model.config)
-        validated_card(model, out, values, history)
+    save_derived(model, out, history, args.gan)
     log.info("added %s - %s (%d tensors, %.2f%% of the weights' norm) to %s in %s",
              args.gan, args.base, moved, 100 * delta / max(norm, 1e-12), args.onto, out)
     return out
