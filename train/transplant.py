@@ -7,7 +7,7 @@ one GAN fine-tune).
     python -m train.transplant GAN --base FIDELITY_THE_GAN_STARTED_FROM --onto NEW_FIDELITY --output-dir runs/gan-ta
 
 Without it, realism 1 blended today's fidelity weights 0.75 of the way towards a GAN stage whose
-weights are mostly the older fidelity model's (the adversarial change is 1.5% of the weights' norm,
+weights are mostly the older fidelity model's (the adversarial change is 1.4% of the weights' norm,
 the fidelity model's own drift since 28%), and it scaled the residual of every block grown since to a
 quarter. Parameters that `base` lacks (blocks grown after the GAN stage was trained) take the new
 fidelity weights unchanged: the GAN stage never trained them.
