@@ -17,7 +17,8 @@ other weights than asked for.
 
 `Weights.generator(realism)` blends the two stages by network interpolation (ESRGAN style): every
 tensor of the state dict is lerped from the fidelity model (0, best PSNR) to the GAN model (1,
-sharpest texture); `Weights.generator(realism, gray=True)` starts from the gray model instead.
+sharpest texture); `Weights.generator(realism, gray=True)` adds the same change (GAN minus fidelity)
+to the gray model instead (task arithmetic).
 """
 
 from __future__ import annotations
@@ -64,9 +65,12 @@ class Weights:
         return self.gray if gray and self.gray is not None else self.fidelity
 
     def generator(self, realism: float = 0.0, gray: bool = False) -> Generator:
-        """The generator at `realism` in [0, 1]: 0 = fidelity (`base(gray)`), 1 = GAN, in between =
-        interpolated weights (the last interpolated model is cached). gray: the image is gray (one
-        channel, or R = G = B). Raises ValueError for realism outside [0, 1] or without GAN weights."""
+        """The generator at `realism` in [0, 1]: 0 = fidelity (`base(gray)`), 1 = GAN. In between,
+        the base's weights plus `realism` times the GAN stage's change (GAN minus fidelity): for colour
+        that is the interpolation of the two (ESRGAN's network interpolation); for gray photos (gray=True:
+        one channel, or R = G = B) the same adversarial change added to the gray model (task arithmetic,
+        Ilharco et al. 2023), so that its end is the gray model with the GAN's texture, not the colour GAN.
+        The last blended model is cached. Raises ValueError for realism outside [0, 1] or without GAN weights."""
         realism = float(realism)
         if not (math.isfinite(realism) and 0.0 <= realism <= 1.0):
             raise ValueError(f"realism must be between 0 and 1, got {realism}")
@@ -75,14 +79,17 @@ class Weights:
             return base
         if self.gan is None:
             raise ValueError(f"realism {realism} needs GAN weights, but {self.source or 'this source'} has only the fidelity model; use realism 0")
-        if realism == 1.0:
-            return self.gan
         uses_gray = base is not self.fidelity
+        if realism == 1.0 and not uses_gray:
+            return self.gan
         cached = self._blend
         if cached is not None and cached[:2] == (realism, uses_gray):
             return cached[2]
-        fid, gan = base.state_dict(), self.gan.state_dict()
-        mixed = {k: torch.lerp(v, gan[k], realism) if v.is_floating_point() else v for k, v in fid.items()}
+        start, fid, gan = base.state_dict(), self.fidelity.state_dict(), self.gan.state_dict()
+        if uses_gray:
+            mixed = {k: v + realism * (gan[k] - fid[k]) if v.is_floating_point() else v for k, v in start.items()}
+        else:
+            mixed = {k: torch.lerp(v, gan[k], realism) if v.is_floating_point() else v for k, v in start.items()}
         model = _for_inference(Generator(base.config).to(next(base.parameters()).device))
         model.load_state_dict(mixed, strict=True)
         self._blend = (realism, uses_gray, model)

@@ -350,11 +350,9 @@ def restore(
     gray_model = gray and weights.gray is not None
     if gray_model:
         log.info("gray image: denoised by the generator for gray photos (gray/)")
-    # Realism above 0 blends the colour fidelity model towards the GAN stage, for gray photos too (their
-    # tone still comes from the gray model, see below): the gray model and the GAN stage lie far apart, and
-    # the weights between them are not monotone in detail (8 CBSD432 training photos made gray, sigma 50: detail ratio
-    # 0.74 / 0.99 / 0.83 / 0.85 at realism 0.25 / 0.5 / 0.75 / 1; the colour blend 0.58 / 0.63 / 0.71 / 0.86).
-    model = weights.generator(REALISM_GAN_SHARE * realism) if realism > 0 else weights.base(gray)
+    # Realism above 0 adds the GAN stage's change to the base model: for gray photos to the gray model
+    # (`Weights.generator`), whose tone also comes back in the second pass below.
+    model = weights.generator(REALISM_GAN_SHARE * realism, gray=gray) if realism > 0 else weights.base(gray)
     estimated = sigma is None or bool(sigma_estimated)
 
     def blind_curve(x: torch.Tensor, alpha: torch.Tensor | None = alpha) -> tuple[torch.Tensor, float, torch.Tensor | None]:

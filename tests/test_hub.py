@@ -358,13 +358,16 @@ def test_gray_folder_is_the_base_for_gray_photos_and_blends_with_gan(pair, hf, m
     assert same_weights(w.gray, gray) and not w.gray.training
     assert w.base(gray=True) is w.gray and w.base() is w.fidelity
     assert w.generator(0.0, gray=True) is w.gray and w.generator(0.0) is w.fidelity
-    assert w.generator(1.0, gray=True) is w.gan  # the GAN end is shared
     colour_half, gray_half = w.generator(0.5), w.generator(0.5, gray=True)
-    sg, sa = gray.state_dict(), gan.state_dict()
-    for k, v in gray_half.state_dict().items():
-        assert torch.allclose(v, (sg[k] + sa[k]) / 2, atol=1e-7), k
+    sg, sa, sf = gray.state_dict(), gan.state_dict(), fid.state_dict()
+    for k, v in gray_half.state_dict().items():  # the GAN stage's change (GAN - fidelity) added to the gray model
+        assert torch.allclose(v, sg[k] + 0.5 * (sa[k] - sf[k]), atol=1e-6), k
     assert not same_weights(colour_half, gray_half)  # each its own blend, not the cached other one
     assert w.generator(0.5, gray=True) is gray_half
+    gray_end = w.generator(1.0, gray=True)  # the gray end is not the colour GAN
+    for k, v in gray_end.state_dict().items():
+        assert torch.allclose(v, sg[k] + sa[k] - sf[k], atol=1e-6), k
+    assert w.generator(1.0) is w.gan
 
     fill_cache(hf, "user/repo", COMMIT_A, folder)  # the Hub path fetches gray/ too
     offline(monkeypatch)

@@ -157,7 +157,7 @@ def test_restore_uses_the_gray_model_for_gray_photos_only():
         assert not torch.allclose(out.image.pixels, denoise(weights.fidelity, pixels, 25.0))
     textured = restore(weights, ImageData(pixels=gray_rgb), sigma=25.0, realism=0.5).image.pixels
     base = denoise(weights.gray, gray_rgb, 25.0)
-    expected = frequency_separation(denoise(weights.generator(0.5 * REALISM_GAN_SHARE), gray_rgb, 25.0), base)  # colour blend, gray base
+    expected = frequency_separation(denoise(weights.generator(0.5 * REALISM_GAN_SHARE, gray=True), gray_rgb, 25.0), base)  # gray model + GAN change
     assert torch.equal(textured, textured[:, :1].expand_as(textured))  # still gray
     assert torch.allclose(textured, detail_gain(expected, base, torch.full((1, 1, 24, 24), 25.0), 0.5, noisy=gray_rgb), atol=1e-6)
     without = Weights(fidelity=weights.fidelity, gan=weights.gan, source="test")  # no gray/: the colour model
