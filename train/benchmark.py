@@ -897,6 +897,17 @@ class Scores:
                 **{f"{k}_per_image": v for k, v in self.extra.items()}}
 
 
+def _detail(out: torch.Tensor, clean: torch.Tensor) -> float:
+    """The detail ratio of `out` against `clean` (`ganlib.detail_ratio`) as the results store it (4 decimals)."""
+    return round(detail_ratio(out, clean), 4)
+
+
+def _mean_detail(summary: dict) -> str | None:
+    """A Scores summary's mean detail ratio for the tables (3 decimals); None when it has none."""
+    values = summary.get("detail_per_image")
+    return f"{np.mean(values):.3f}" if values else None
+
+
 def timed(fn, *args, **kwargs):
     """(fn(*args, **kwargs), seconds it took)."""
     t = time.perf_counter()
@@ -1039,10 +1050,10 @@ def run_gray(folder: str, sigmas: list[float], protocols: list[str], limit: int 
                 noisy = make_noisy(clean, sigma, protocol, seed=i)
                 cells["noisy"].add(noisy, clean)
                 res, sec = ours(weights, noisy, float(sigma), impulses=False, precision=precision)
-                cells["ours_informed"].add(res.image.pixels, clean, sec, detail=round(detail_ratio(res.image.pixels, clean), 4))
+                cells["ours_informed"].add(res.image.pixels, clean, sec, detail=_detail(res.image.pixels, clean))
                 for a in sweep:
                     res, sec = ours(weights, noisy, float(sigma), impulses=False, realism=a, precision=precision)
-                    cells[f"ours@{a:g}"].add(res.image.pixels, clean, sec, detail=round(detail_ratio(res.image.pixels, clean), 4))
+                    cells[f"ours@{a:g}"].add(res.image.pixels, clean, sec, detail=_detail(res.image.pixels, clean))
                 res, sec = ours(weights, noisy, precision=precision)
                 cells["ours_auto"].add(res.image.pixels, clean, sec, sigma=round(res.sigma, 3))
                 if i < n_peer:
@@ -1074,8 +1085,8 @@ def gray_markdown(records: list[dict]) -> str:
                   + "".join(f"{k} (informed; detail) | " for k in sweep), "|---|---|---|---|---|" + "---|" * len(sweep)]
 
         def detail(summary: dict) -> str:
-            values = summary.get("detail_per_image")
-            return f" ({np.mean(values):.3f})" if values else ""
+            mean = _mean_detail(summary)
+            return f" ({mean})" if mean else ""
 
         for r in rows:
             lines.append(f"| {r['sigma']:g} | {_cell(r['noisy'])} | {_cell(r['ours_informed'])}{detail(r['ours_informed'])} | "
@@ -1125,9 +1136,9 @@ def run_real(folder: str, limit: int | None, peer_limit: int | None, weights, pr
         names.append(name)
         cells["noisy"].add(noisy, clean)
         res, sec = ours(weights, noisy, precision=precision)
-        cells["ours_auto"].add(res.image.pixels, clean, sec, sigma=round(res.sigma, 3), detail=round(detail_ratio(res.image.pixels, clean), 4))
+        cells["ours_auto"].add(res.image.pixels, clean, sec, sigma=round(res.sigma, 3), detail=_detail(res.image.pixels, clean))
         res, sec = ours(weights, noisy, precision=precision, stride=2)
-        cells["ours_stride2"].add(res.image.pixels, clean, sec, sigma=round(res.sigma, 3), detail=round(detail_ratio(res.image.pixels, clean), 4))
+        cells["ours_stride2"].add(res.image.pixels, clean, sec, sigma=round(res.sigma, 3), detail=_detail(res.image.pixels, clean))
         if ensemble:
             res, sec = ours(weights, noisy, precision=precision, stride=2, ensemble=True)
             cells["ours_stride2_x8"].add(res.image.pixels, clean, sec, sigma=round(res.sigma, 3))
@@ -1140,7 +1151,7 @@ def run_real(folder: str, limit: int | None, peer_limit: int | None, weights, pr
         for a in sweep:
             for key, stride in ((f"ours@{a:g}", 1), (f"ours_stride2@{a:g}", 2)):
                 res, sec = ours(weights, noisy, realism=a, precision=precision, stride=stride)
-                cells[key].add(res.image.pixels, clean, sec, detail=round(detail_ratio(res.image.pixels, clean), 4))
+                cells[key].add(res.image.pixels, clean, sec, detail=_detail(res.image.pixels, clean))
     result = {"set": Path(folder).name, "images": names, **{k: c.summary() for k, c in cells.items()}}
     result["nlm_oracle"]["title"] = PEER_TITLES["nlm_oracle"]
     result["cbm3d"]["title"] = PEER_TITLES["cbm3d"]
@@ -1184,15 +1195,11 @@ def real_markdown(result: dict) -> str:
                "scikit-image's wavelet estimate of sigma (estimate_sigma, averaged over channels); ours at its automatic strength "
                "(the learned estimator's map where the weights have one)."), ""]
     if sweep:
-        def mean_detail(summary: dict) -> str:
-            d = summary.get("detail_per_image")
-            return f"{np.mean(d):.3f}" if d else "-"
-
         lines += [f"**{result['set']}, realism sweep** (automatic strength; mean PSNR dB / SSIM (detail ratio)): stride 1 is the "
                   "default, stride 2 the camera-photo mode", "", "| realism | stride 1 | stride 2 |", "|---|---|---|"]
         for a, s1, s2 in [("0", "ours_auto", "ours_stride2"), *((k[len("ours@"):], k, "ours_stride2@" + k[len("ours@"):]) for k in sweep)]:
-            lines.append(f"| {a} | {_cell(result[s1])} ({mean_detail(result[s1])}) | "
-                         + (f"{_cell(result[s2])} ({mean_detail(result[s2])})" if s2 in result else "not run") + " |")
+            lines.append(f"| {a} | {_cell(result[s1])} ({_mean_detail(result[s1]) or '-'}) | "
+                         + (f"{_cell(result[s2])} ({_mean_detail(result[s2]) or '-'})" if s2 in result else "not run") + " |")
         lines.append("")
     return "\n".join(lines)
 
