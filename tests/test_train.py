@@ -236,6 +236,38 @@ def test_clean_samples_for_the_estimator(tmp_path: Path) -> None:
     assert not any(torch.equal(c, n) for c, n, _ in (base[i] for i in range(50)))
 
 
+def test_pixel_shuffled_camera_samples(tmp_path: Path) -> None:
+    """real_stride_prob: camera noise rendered on a crop of twice the side, then one 2x2 pixel-shuffled
+    sub-image of it (as restore(stride=2) sees a camera photo); 0 leaves the stream as it was."""
+    from train.data import camera_sample, shuffled_camera_sample
+
+    paths = list_images(make_photos(tmp_path, n=4), min_size=32)
+    base = CropDataset(paths, 16, NoiseConfig(), seed=3)
+    assert all(torch.equal(x, y) for i in range(5) for x, y in zip(base[i], CropDataset(paths, 16, NoiseConfig(real_stride_prob=0.0), seed=3)[i]))
+    every = CropDataset(paths, 16, NoiseConfig(real_stride_prob=1.0, real_jpeg_prob=0.0), seed=3)
+    target, noisy, smap = every[0]
+    assert target.shape == noisy.shape == (3, 16, 16) and smap.shape == (1, 16, 16) and not torch.equal(target, noisy)
+    clean = torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(0)) * 0.8 + 0.1
+    cfg = NoiseConfig(real_jpeg_prob=0.0)
+    full = camera_sample(clean, torch.Generator().manual_seed(5), jpeg_prob=0.0, shot_range=cfg.real_shot, nr_prob=0.0)
+    sub = shuffled_camera_sample(clean, cfg, torch.Generator().manual_seed(5))
+    g = torch.Generator().manual_seed(5)  # the same draws, then the sub-image's offsets
+    camera_sample(clean, g, jpeg_prob=0.0, shot_range=cfg.real_shot, nr_prob=0.0)
+    i, j = (int(v) for v in torch.randint(2, (2,), generator=g))
+    for a, b in zip(sub, full):
+        assert torch.equal(a, b[..., i::2, j::2])
+    with pytest.raises(ValueError, match="needs photos of at least 48 pixels"):
+        CropDataset(paths, 24, NoiseConfig(real_stride_prob=1.0), seed=0)[0]
+    with pytest.raises(SystemExit):  # min_size must leave room for the doubled crop
+        trainer.parse_config(["--data", "d", "--crop", "32", "--min-size", "48", "--config", str(_preset(tmp_path, {"noise": {"real_stride_prob": 0.5}}))])
+
+
+def _preset(tmp_path: Path, values: dict) -> Path:
+    path = tmp_path / "preset.json"
+    path.write_text(json.dumps(values))
+    return path
+
+
 # --- one optimisation step ---------------------------------------------------------------------
 
 

@@ -50,6 +50,10 @@ class NoiseConfig:
     real_jpeg_prob: float = 0.5
     real_shot: tuple[float, float] = (1e-4, 1.2e-2)  # shot-noise range (Brooks et al. 2019)
     real_nr_prob: float = 0.0  # share of "real" samples with in-camera noise reduction + sharpening (blotchy noise)
+    # Share of all samples that are "real" camera noise as `restore(stride=2)` sees a camera photo: rendered on
+    # a crop of twice the side, then one of its 2x2 pixel-shuffled sub-images (Zhou et al. 2020, "When AWGN-based
+    # denoiser meets real noises"), for the generator of the camera-photo mode (`real/`). Needs min_size >= 2 crop.
+    real_stride_prob: float = 0.0
     gray_prob: float = 0.0  # samples turned to gray (luma in all 3 channels) with channel-identical noise
     over_prob: float = 0.0  # samples whose noise-level map overstates the noise (x U(1, over_scale) + U(0, over_add))
     over_scale: float = 2.0
@@ -184,6 +188,15 @@ def camera_sample(clean: torch.Tensor, g: torch.Generator, *, jpeg_prob: float, 
     return target, noisy, camera_noise_std_map(clean, params, seed=map_seed, draws=draws)
 
 
+def shuffled_camera_sample(clean: torch.Tensor, cfg: NoiseConfig, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(target, noisy, map) of one 2x2 pixel-shuffled sub-image (half the side of the (C,H,W) `clean`) of a
+    "real" camera-pipeline rendering: the spatially correlated noise that pixel-shuffle downsampling leaves."""
+    target, noisy, smap = camera_sample(clean, g, jpeg_prob=cfg.real_jpeg_prob, shot_range=tuple(cfg.real_shot), nr_prob=cfg.real_nr_prob)
+    i, j = (int(v) for v in torch.randint(2, (2,), generator=g))
+    target, noisy, smap = (t[..., i::2, j::2].contiguous() for t in (target, noisy, smap))
+    return target, noisy, _overstate(smap, cfg, g)
+
+
 def _no_real(cfg: NoiseConfig) -> NoiseConfig:
     """The mixture without the colour-only "real" camera kind and without a second gray draw."""
     from dataclasses import replace
@@ -221,18 +234,22 @@ class CropDataset(torch.utils.data.Dataset):
         """(target, noisy, noise-level map) of sample `index`."""
         state = np.random.SeedSequence([self.seed, int(index)]).generate_state(2)
         g = torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+        shuffled = self.noise.real_stride_prob > 0 and float(torch.rand((), generator=g)) < self.noise.real_stride_prob
+        side = 2 * self.crop if shuffled else self.crop  # no draw at 0: old streams unchanged
         i = int(torch.randint(len(self.paths), (), generator=g))
         img = self.cache[i] if self.cache is not None else self._load(self.paths[i])
         _, h, w = img.shape
-        y = int(torch.randint(h - self.crop + 1, (), generator=g))
-        x = int(torch.randint(w - self.crop + 1, (), generator=g))
-        crop = img[:, y : y + self.crop, x : x + self.crop].float() / 255.0
+        if min(h, w) < side:
+            raise ValueError(f"{self.paths[i]} is {w}x{h}: real_stride_prob needs photos of at least {side} pixels (set min_size to {side})")
+        y = int(torch.randint(h - side + 1, (), generator=g))
+        x = int(torch.randint(w - side + 1, (), generator=g))
+        crop = img[:, y : y + side, x : x + side].float() / 255.0
         k, flip = int(torch.randint(4, (), generator=g)), bool(torch.randint(2, (), generator=g))
         crop = torch.rot90(crop, k, dims=(1, 2))
         if flip:
             crop = crop.flip(2)
         crop = crop.contiguous()
-        return sample_noise(crop, self.noise, g)
+        return shuffled_camera_sample(crop, self.noise, g) if shuffled else sample_noise(crop, self.noise, g)
 
 
 def real_pairs(folder: str | Path) -> list[tuple[str, Path, Path]]:

@@ -150,6 +150,8 @@ def parse_config(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.N
         parser.error(f"--stage estimator needs --crop to be a multiple of {NoiseEstimator.multiple}, got {cfg.crop}")
     if not cfg.data:
         parser.error("--data is required (a folder of clean photos)")
+    if cfg.noise.real_stride_prob > 0 and cfg.min_size < 2 * cfg.crop:
+        parser.error(f"noise.real_stride_prob renders pixel-shuffled samples on crops of twice the side: --min-size must be at least {2 * cfg.crop}")
     return cfg, args
 
 
