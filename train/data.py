@@ -52,7 +52,8 @@ class NoiseConfig:
     real_nr_prob: float = 0.0  # share of "real" samples with in-camera noise reduction + sharpening (blotchy noise)
     # Share of all samples that are "real" camera noise as `restore(stride=2)` sees a camera photo: rendered on
     # a crop of twice the side, then one of its 2x2 pixel-shuffled sub-images (Zhou et al. 2020, "When AWGN-based
-    # denoiser meets real noises"), for the generator of the camera-photo mode (`real/`). Needs min_size >= 2 crop.
+    # denoiser meets real noises"), to train a generator for the camera-photo mode (tried in session 25, not shipped:
+    # docs/history.md). Needs min_size >= 2 crop.
     real_stride_prob: float = 0.0
     gray_prob: float = 0.0  # samples turned to gray (luma in all 3 channels) with channel-identical noise
     over_prob: float = 0.0  # samples whose noise-level map overstates the noise (x U(1, over_scale) + U(0, over_add))
