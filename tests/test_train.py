@@ -258,14 +258,10 @@ def test_pixel_shuffled_camera_samples(tmp_path: Path) -> None:
         assert torch.equal(a, b[..., i::2, j::2])
     with pytest.raises(ValueError, match="needs photos of at least 48 pixels"):
         CropDataset(paths, 24, NoiseConfig(real_stride_prob=1.0), seed=0)[0]
+    preset = tmp_path / "p.json"
+    preset.write_text(json.dumps({"noise": {"real_stride_prob": 0.5}}))
     with pytest.raises(SystemExit):  # min_size must leave room for the doubled crop
-        trainer.parse_config(["--data", "d", "--crop", "32", "--min-size", "48", "--config", str(_preset(tmp_path, {"noise": {"real_stride_prob": 0.5}}))])
-
-
-def _preset(tmp_path: Path, values: dict) -> Path:
-    path = tmp_path / "preset.json"
-    path.write_text(json.dumps(values))
-    return path
+        trainer.parse_config(["--data", "d", "--crop", "32", "--min-size", "48", "--config", str(preset)])
 
 
 # --- one optimisation step ---------------------------------------------------------------------

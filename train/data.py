@@ -158,7 +158,7 @@ def sample_noise(clean: torch.Tensor, cfg: NoiseConfig, g: torch.Generator) -> t
     kinds, weights = zip(*cfg.mix.items())
     kind = kinds[int(torch.multinomial(torch.tensor(weights, dtype=torch.float), 1, generator=g))]
     if kind == "real":
-        target, noisy, smap = camera_sample(clean, g, jpeg_prob=cfg.real_jpeg_prob, shot_range=tuple(cfg.real_shot), nr_prob=cfg.real_nr_prob)
+        target, noisy, smap = _real_camera_sample(clean, cfg, g)
         return target, noisy, _overstate(smap, cfg, g)
     if kind == "gaussian":
         params = {"sigma": _uniform(g, *cfg.sigma, power=cfg.sigma_power)}
@@ -189,10 +189,15 @@ def camera_sample(clean: torch.Tensor, g: torch.Generator, *, jpeg_prob: float, 
     return target, noisy, camera_noise_std_map(clean, params, seed=map_seed, draws=draws)
 
 
+def _real_camera_sample(clean: torch.Tensor, cfg: NoiseConfig, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`camera_sample` with the mixture's settings for the "real" kind."""
+    return camera_sample(clean, g, jpeg_prob=cfg.real_jpeg_prob, shot_range=tuple(cfg.real_shot), nr_prob=cfg.real_nr_prob)
+
+
 def shuffled_camera_sample(clean: torch.Tensor, cfg: NoiseConfig, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(target, noisy, map) of one 2x2 pixel-shuffled sub-image (half the side of the (C,H,W) `clean`) of a
     "real" camera-pipeline rendering: the spatially correlated noise that pixel-shuffle downsampling leaves."""
-    target, noisy, smap = camera_sample(clean, g, jpeg_prob=cfg.real_jpeg_prob, shot_range=tuple(cfg.real_shot), nr_prob=cfg.real_nr_prob)
+    target, noisy, smap = _real_camera_sample(clean, cfg, g)
     i, j = (int(v) for v in torch.randint(2, (2,), generator=g))
     target, noisy, smap = (t[..., i::2, j::2].contiguous() for t in (target, noisy, smap))
     return target, noisy, _overstate(smap, cfg, g)
@@ -240,7 +245,7 @@ class CropDataset(torch.utils.data.Dataset):
         i = int(torch.randint(len(self.paths), (), generator=g))
         img = self.cache[i] if self.cache is not None else self._load(self.paths[i])
         _, h, w = img.shape
-        if min(h, w) < side:
+        if shuffled and min(h, w) < side:
             raise ValueError(f"{self.paths[i]} is {w}x{h}: real_stride_prob needs photos of at least {side} pixels (set min_size to {side})")
         y = int(torch.randint(h - side + 1, (), generator=g))
         x = int(torch.randint(w - side + 1, (), generator=g))
