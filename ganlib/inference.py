@@ -144,6 +144,10 @@ def denoise(
 
 
 BRIGHTNESS_SLACK = 0.75  # 0-255 levels of channel-mean shift always allowed
+# ... and never more than this, whatever clipping seems to explain: issue #12 promises clean and flat
+# images keep each channel's mean within 1 level at any strength, and a clean photo's black areas
+# (JPEG flicker at 0 beside low values) read as noise-clipped (a held-back photo moved 1.15 levels)
+BRIGHTNESS_LIMIT = 0.95
 # keep_brightness acts when the strength is above this many times the image's own (Immerkaer) noise
 # level: JPEG hides noise from that high-frequency estimate, so camera noise + JPEG quality 60, given
 # its exact map, reads up to 4.2x (quality 75: 2.5x; Gaussian: at most 1.4x; 15 held-back crops)
@@ -162,7 +166,8 @@ def keep_brightness(noisy: torch.Tensor, denoised: torch.Tensor, sigma: float, *
     channel, over at most `max_tiles` evenly spread tiles of `tile` pixels), each channel's mean shift
     is limited to BRIGHTNESS_SLACK levels plus what clipping can explain: the share of values clipped at
     0 (which allows a darker result) or at 1 (a brighter one) next to an unclipped value (noise-clipped,
-    not a saturated area) times twice the own level. The correction is repeated (at most 3 times) where
+    not a saturated area) times twice the own level, and never more than BRIGHTNESS_LIMIT levels in all
+    (a clean photo's black areas look noise-clipped too). The correction is repeated (at most 3 times) where
     clamping to [0, 1] gave part of it back (dark or bright areas).
     Otherwise the network's result stands: it has learned the mean shifts that clipping and camera tone
     curves put into real noise (measured: taking them back costs 0.2-0.5 dB on JPEG camera noise).
@@ -182,7 +187,7 @@ def keep_brightness(noisy: torch.Tensor, denoised: torch.Tensor, sigma: float, *
     own = residual / max(1, n_res) * math.sqrt(math.pi / 2) / 6 * 255.0
     if sigma <= OVERSTATED * own:
         return denoised
-    darker, brighter = (BRIGHTNESS_SLACK / 255.0 + n / max(1, n_clip) * 2 * own / 255.0 for n in clipped)
+    darker, brighter = (min(BRIGHTNESS_SLACK + n / max(1, n_clip) * 2 * own, BRIGHTNESS_LIMIT) / 255.0 for n in clipped)
     target = noisy.float().mean((0, 2, 3))
     for _ in range(3):
         shift = denoised.mean((0, 2, 3)) - target
@@ -424,8 +429,11 @@ def restore(
     textured = run(model, sigma, _pass(progress, 0, 2), refinable)
     base = run(weights.base(gray), textured.noise_map, _pass(progress, 1, 2))
     result = frequency_separation(textured.image.pixels, base.image.pixels)
-    textured.image = image.with_pixels(detail_gain(result, base.image.pixels, textured.noise_map, realism,
-                                                    noisy=None if estimated else pixels))
+    result = detail_gain(result, base.image.pixels, textured.noise_map, realism, noisy=None if estimated else pixels)
+    # each pass kept the brightness; the texture and the gain added after them must too (a strength far above
+    # the photo's noise: a clean photo at realism 1 and strength 100 moved 1.27 levels without this)
+    keep_brightness(pixels.float(), result, float(textured.noise_map.float().mean()))
+    textured.image = image.with_pixels(result)
     return textured
 
 

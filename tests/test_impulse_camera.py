@@ -147,6 +147,38 @@ def test_blind_map_ignores_flat_saturated_and_transparent_areas() -> None:
     assert tiny == 0 and tiny_map.shape == (1, 1, 1, 1)
 
 
+class _Wide(NoiseEstimator):
+    """An estimator that reads each 4x4 block's noise from its own and its neighbours' pixels (9x9 blocks),
+    as the trained one's view reaches beyond its block."""
+
+    def __init__(self) -> None:
+        super().__init__(EstimatorConfig(width=4))
+
+    def log_sigma(self, noisy: torch.Tensor) -> torch.Tensor:
+        blocks = torch.nn.functional.pixel_unshuffle(noisy, 4)  # (1, C * 16, H / 4, W / 4)
+        block_std = blocks.view(1, noisy.shape[1], 16, *blocks.shape[-2:]).std(2).mean(1, keepdim=True)
+        return torch.log(torch.nn.functional.avg_pool2d(block_std, 9, stride=1, padding=4, count_include_pad=False) + self.eps)
+
+
+def test_blind_map_leaves_out_blocks_beside_borders_and_transparent_areas() -> None:
+    est = _Wide().eval()
+    g = torch.Generator().manual_seed(3)
+    photo = (0.5 + 0.1 * torch.randn(1, 3, 96, 96, generator=g)).clamp(0, 1)
+    _, alone = estimate_noise_map(photo, est)
+    framed = torch.ones(1, 3, 336, 336)  # a noise-free white border: read low beside it
+    framed[..., 120:216, 120:216] = photo
+    assert abs(estimate_noise_map(framed, est)[1] - alone) < 0.03 * alone
+    cutout = torch.rand(1, 3, 336, 336, generator=g)  # random colours behind a transparent alpha: read high beside it
+    cutout[..., 120:216, 120:216] = photo
+    alpha = torch.zeros(1, 1, 336, 336)
+    alpha[..., 120:216, 120:216] = 1
+    assert abs(estimate_noise_map(cutout, est, alpha=alpha)[1] - alone) < 0.03 * alone
+    # a cut-out too small to keep NLF_MIN_BLOCKS blocks clear of its surround is still read, from all its blocks
+    small = alpha.clone().zero_()
+    small[..., 120:144, 120:144] = 1
+    assert estimate_noise_map(cutout, est, alpha=small)[1] > 0.5 * alone
+
+
 def test_blind_map_follows_brightness() -> None:
     est = _Const().eval()
     x = torch.linspace(0.05, 0.95, 256).expand(1, 3, 128, 256).contiguous()

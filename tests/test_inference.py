@@ -540,6 +540,32 @@ def test_keep_brightness_takes_back_unexplained_shifts_only() -> None:
     assert float(shift.max()) <= BRIGHTNESS_SLACK + 0.25  # one pass: 0.75 + 1.75 / 2 = 1.63
 
 
+def test_keep_brightness_holds_one_level_on_clean_photos_with_black_areas() -> None:
+    from ganlib.inference import BRIGHTNESS_LIMIT, keep_brightness
+
+    # A clean JPEG-like photo: fine grain, and a black third whose values flicker between 0 and 1 level,
+    # so many zeros sit beside unclipped values, as noise-clipped ones do. Clipping "explains" a darker
+    # result of more than a level there, but a clean photo must keep its brightness within 1 level.
+    gen = torch.Generator().manual_seed(1)
+    photo = (smooth(96, 96) + 3 / 255 * torch.randn(1, 3, 96, 96, generator=gen)).clamp(0, 1)
+    photo[..., :, :32] = (torch.rand(1, 3, 96, 32, generator=gen) < 0.5).float() / 255
+    darker = (photo - 4 / 255).clamp(0, 1)
+    shift = (keep_brightness(photo, darker.clone(), 100.0).mean((2, 3)) - photo.mean((2, 3))) * 255
+    assert BRIGHTNESS_LIMIT < 1.0 and float(shift.abs().max()) <= BRIGHTNESS_LIMIT + 0.01
+
+
+def test_restore_keeps_brightness_after_the_realism_passes(monkeypatch) -> None:
+    import ganlib.inference as inference
+
+    # Realism's texture and detail gain come after the passes' own brightness checks: a gain that
+    # brightened the result by 3 levels at a strength far above a clean photo's noise is taken back.
+    monkeypatch.setattr(inference, "detail_gain", lambda result, *a, **k: (result + 3 / 255).clamp(0, 1))
+    weights = Weights(fidelity=tiny(), gan=tiny(seed=9), source="test")
+    photo = smooth(64, 64)
+    out = restore(weights, ImageData(pixels=photo), sigma=100.0, realism=1.0, impulses=False).image.pixels
+    assert float(((out.mean((2, 3)) - photo.mean((2, 3))) * 255).abs().max()) <= inference.BRIGHTNESS_LIMIT + 0.01
+
+
 def test_gray_scale_leaves_signal_dependent_noise_alone(monkeypatch) -> None:
     """The gray-level scale corrects the estimator's reading of channel-identical Gaussian noise; a
     signal-dependent curve (speckle noise on a gray ramp) is used as read."""
