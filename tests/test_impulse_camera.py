@@ -148,16 +148,17 @@ def test_blind_map_ignores_flat_saturated_and_transparent_areas() -> None:
 
 
 class _Wide(NoiseEstimator):
-    """An estimator that reads each 4x4 block's noise from its own and its neighbours' pixels (9x9 blocks),
-    as the trained one's view reaches beyond its block."""
+    """An estimator that reads each 4x4 block's noise from its own and its neighbours' pixels (`view` x
+    `view` blocks), as the trained one's view reaches beyond its block."""
 
-    def __init__(self) -> None:
+    def __init__(self, view: int = 9) -> None:
         super().__init__(EstimatorConfig(width=4))
+        self.view = view
 
     def log_sigma(self, noisy: torch.Tensor) -> torch.Tensor:
         blocks = torch.nn.functional.pixel_unshuffle(noisy, 4)  # (1, C * 16, H / 4, W / 4)
         block_std = blocks.view(1, noisy.shape[1], 16, *blocks.shape[-2:]).std(2).mean(1, keepdim=True)
-        return torch.log(torch.nn.functional.avg_pool2d(block_std, 9, stride=1, padding=4, count_include_pad=False) + self.eps)
+        return torch.log(torch.nn.functional.avg_pool2d(block_std, self.view, stride=1, padding=self.view // 2, count_include_pad=False) + self.eps)
 
 
 def test_blind_map_leaves_out_blocks_beside_borders_and_transparent_areas() -> None:
@@ -177,6 +178,20 @@ def test_blind_map_leaves_out_blocks_beside_borders_and_transparent_areas() -> N
     small = alpha.clone().zero_()
     small[..., 120:144, 120:144] = 1
     assert estimate_noise_map(cutout, est, alpha=small)[1] > 0.5 * alone
+
+
+def test_blind_map_leaves_out_blocks_whose_noise_clipping_hides() -> None:
+    est = _Wide(view=1).eval()  # each block read from its own pixels
+    g = torch.Generator().manual_seed(4)
+    smooth_ramp = torch.linspace(0.3, 0.7, 96).expand(1, 3, 96, 96).contiguous()
+    noisy = (smooth_ramp + 0.08 * torch.randn(1, 3, 96, 96, generator=g)).clamp(0, 1)
+    _, alone = estimate_noise_map(noisy, est)
+    # the same noise added after framing on white: the border keeps about half its values at 1, and its
+    # clipped noise (the part below 1 only) reads low
+    framed = torch.ones(1, 3, 224, 224)
+    framed[..., 64:160, 64:160] = smooth_ramp
+    framed = (framed + 0.08 * torch.randn(framed.shape, generator=g)).clamp(0, 1)
+    assert abs(estimate_noise_map(framed, est)[1] - alone) < 0.05 * alone
 
 
 def test_blind_map_follows_brightness() -> None:
