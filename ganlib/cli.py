@@ -1,8 +1,9 @@
 """Command line: `python -m ganlib denoise ...` and `python -m ganlib noise ...`.
 
-denoise INPUT... -o OUTDIR [--sigma auto|S] [--weights SRC] [--revision R] [--realism A] [--tile N] [--precision P] [--ensemble] [--overwrite]
+denoise INPUT... -o OUTPUT [--sigma auto|S] [--weights SRC] [--revision R] [--realism A] [--tile N] [--precision P] [--ensemble] [--overwrite]
     INPUTs are image files or folders (a folder contributes the image files directly inside it, not
-    its subfolders). Each result is written losslessly to OUTDIR/<stem>.png (alpha, 16-bit, ICC and
+    its subfolders). Each result is written losslessly to OUTPUT/<stem>.png, or to OUTPUT itself when it
+    names a .png file and one image is given (alpha, 16-bit, ICC and
     EXIF kept; the EXIF orientation is applied to the pixels and reset to 1; EXIF that cannot be kept
     is reported in one line). Inputs are never overwritten; an existing output is skipped unless --overwrite. A bad
     input is reported on one line (`error: <file>: <reason>`) and the others are still processed.
@@ -58,9 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m ganlib", description="GAN image denoiser: remove noise from photos, or add synthetic noise.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{denoise,noise}")
 
-    d = sub.add_parser("denoise", help="denoise image files or folders", description="Denoise images; results go to OUTDIR/<stem>.png.")
+    d = sub.add_parser("denoise", help="denoise image files or folders",
+                       description="Denoise images; results go to OUTPUT/<stem>.png (or to OUTPUT.png for one image).")
     d.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, or folders of images (not searched recursively)")
-    d.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="folder for the results (created if needed)")
+    d.add_argument("-o", "--output", required=True, metavar="OUTPUT",
+                   help="folder for the results (created if needed), or a .png file when one image is given")
     d.add_argument("--sigma", type=_sigma, default=None, metavar="auto|S", help="noise level on the 0-255 scale, or 'auto' to estimate it per image (default)")
     d.add_argument("--weights", default=None, metavar="SRC", help="weights folder or Hub repo id (default: env GANLIB_WEIGHTS, else bundled checkpoints/)")
     d.add_argument("--revision", default=None, metavar="R", help="Hub revision (commit, tag or branch) to pin (default: env GANLIB_REVISION, else main)")
@@ -187,6 +190,18 @@ def run_denoise(args: argparse.Namespace) -> int:
     if not files:
         log.error("no images to denoise")
         return 1
+    outdir, single = Path(args.output), None  # single: -o names the one result's file
+    if not outdir.is_dir() and outdir.suffix.lower() in IMAGE_SUFFIXES:
+        if outdir.suffix.lower() != ".png":
+            log.error("%s: results are saved losslessly as PNG; name a .png file or a folder", outdir)
+            return 1
+        if len(files) != 1:
+            log.error("%s names one file, but %d images were given; name a folder for them", outdir, len(files))
+            return 1
+        outdir, single = outdir.parent, outdir
+    elif outdir.exists() and not outdir.is_dir():
+        log.error("%s: the output must be a folder or a .png file name, and this is another file", outdir)
+        return 1
     errors = _expected_errors()
     try:
         weights = load_weights(args.weights, revision=args.revision)
@@ -196,16 +211,12 @@ def run_denoise(args: argparse.Namespace) -> int:
         return 1
     if torch.cuda.is_available():
         weights.to("cuda")
-    outdir = Path(args.output)
-    if outdir.exists() and not outdir.is_dir():
-        log.error("%s: the output must be a folder, and this is a file", outdir)
-        return 1
     outdir.mkdir(parents=True, exist_ok=True)
     inputs = {f.resolve() for f in files}
     written: dict[Path, Path] = {}
     skipped = 0
     for path in tqdm(files, desc="denoise", unit="image", file=sys.stderr, disable=None):
-        out = outdir / f"{path.stem}.png"
+        out = single or outdir / f"{path.stem}.png"
         key = out.resolve()
         if key in inputs:
             _fail(failures, str(path), f"the output {out} would replace an input file; choose another -o folder")
@@ -228,7 +239,7 @@ def run_denoise(args: argparse.Namespace) -> int:
             _fail(failures, str(path), _message(e))
             continue
         written[key] = path
-    log.info("wrote %d of %d image(s) to %s%s", len(written), len(files), outdir, f", skipped {skipped} existing" if skipped else "")
+    log.info("wrote %d of %d image(s) to %s%s", len(written), len(files), single or outdir, f", skipped {skipped} existing" if skipped else "")
     if failures:  # the summary repeats each failure once, indented, after the progress bar
         lines = [f"failed: {len(failures)} input(s):"] + [f"  {name}: {reason}" for name, reason in failures]
         print("\n".join(lines), file=sys.stderr)

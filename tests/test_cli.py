@@ -101,6 +101,25 @@ def test_never_overwrites_an_input(work, capsys):
     assert (work / "out" / "a.png").read_bytes() == before
 
 
+def test_output_may_name_the_png_file_of_a_single_image(work, capsys):
+    assert main(["denoise", "a.png", "-o", "folder", "--weights", "w", "--sigma", "25"]) == 0
+    assert main(["denoise", "a.png", "-o", "sub/result.png", "--weights", "w", "--sigma", "25"]) == 0
+    assert (work / "sub" / "result.png").is_file()  # a file, not a folder named result.png
+    assert np.array_equal(np.asarray(Image.open(work / "sub" / "result.png")), np.asarray(Image.open(work / "folder" / "a.png")))
+    capsys.readouterr()
+    assert main(["denoise", "a.png", "-o", "result.jpg", "--weights", "w"]) == 1  # results are PNG only
+    assert "saved losslessly as PNG" in capsys.readouterr().err and not (work / "result.jpg").exists()
+    assert main(["denoise", "a.png", "batch/c.png", "-o", "both.png", "--weights", "w"]) == 1  # two images, one file name
+    assert "names one file, but 2 images" in capsys.readouterr().err and not (work / "both.png").exists()
+    before = (work / "a.png").read_bytes()
+    assert main(["denoise", "a.png", "-o", "a.png", "--weights", "w", "--overwrite"]) == 1  # an input is never replaced
+    assert (work / "a.png").read_bytes() == before
+    assert "would replace an input" in capsys.readouterr().err
+    (work / "notes.txt").write_text("not a folder")
+    assert main(["denoise", "a.png", "-o", "notes.txt", "--weights", "w"]) == 1
+    assert "must be a folder or a .png file name" in capsys.readouterr().err
+
+
 def test_sigma_auto_versus_fixed(work):
     weights = load_weights(work / "w")
     image = load_image(work / "a.png")
