@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="{denoise,noise}")
 
     d = sub.add_parser("denoise", help="denoise image files or folders",
-                       description="Denoise images; results go to OUTPUT/<stem>.png (or to OUTPUT.png for one image).")
+                       description="Denoise images; results go to OUTPUT/<stem>.png, or for one image to OUTPUT when it names a .png file.")
     d.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, or folders of images (not searched recursively)")
     d.add_argument("-o", "--output", required=True, metavar="OUTPUT",
                    help="folder for the results (created if needed), or a .png file when one image is given")
@@ -219,7 +219,7 @@ def run_denoise(args: argparse.Namespace) -> int:
         out = single or outdir / f"{path.stem}.png"
         key = out.resolve()
         if key in inputs:
-            _fail(failures, str(path), f"the output {out} would replace an input file; choose another -o folder")
+            _fail(failures, str(path), f"the output {out} would replace an input file; choose another -o")
             continue
         if key in written:
             _fail(failures, str(path), f"the output {out} was already written from {written[key]} (same file name)")
