@@ -360,15 +360,16 @@ def restore(
     model = weights.generator(REALISM_GAN_SHARE * realism, gray=gray) if realism > 0 else weights.base(gray)
     estimated = sigma is None or bool(sigma_estimated)
 
-    def blind_curve(x: torch.Tensor, alpha: torch.Tensor | None = alpha) -> tuple[torch.Tensor, float, torch.Tensor | None]:
+    def blind_curve(x: torch.Tensor, alpha: torch.Tensor | None = alpha,
+                    jpeg: bool = True) -> tuple[torch.Tensor, float, torch.Tensor | None]:
         """The estimated map, its summary and the noise-level function (None without an estimator)."""
         if weights.estimator is not None:
-            return _blind_map(x, weights.estimator, alpha=alpha)
+            return _blind_map(x, weights.estimator, alpha=alpha, jpeg=jpeg)
         s = estimate_sigma(x)
         return torch.full((1, 1, *x.shape[-2:]), s), s, None
 
-    def blind(x: torch.Tensor, alpha: torch.Tensor | None = alpha) -> tuple[torch.Tensor, float]:
-        return blind_curve(x, alpha)[:2]
+    def blind(x: torch.Tensor, alpha: torch.Tensor | None = alpha, jpeg: bool = True) -> tuple[torch.Tensor, float]:
+        return blind_curve(x, alpha, jpeg)[:2]
 
     mask, cleaned, fraction, use_impulses = None, None, 0.0, False
     if impulses or (impulses is None and may_have_impulses(pixels) and impulse_fraction(pixels) >= IMPULSE_MIN_FRACTION):
@@ -377,9 +378,10 @@ def restore(
         if impulses:
             use_impulses = bool(mask.any())
         elif fraction >= IMPULSE_MIN_FRACTION and sigma is None:
-            before = blind(pixels)[1]
+            # the noise as it is: the median's replacements break a JPEG's block grid, which lifts the reading
+            before = blind(pixels, jpeg=False)[1]
             cleaned = remove_impulses(pixels, mask)
-            after = blind(cleaned)[1]
+            after = blind(cleaned, jpeg=False)[1]
             use_impulses = after <= IMPULSE_DROP * before or (after <= IMPULSE_DROP_TEXTURED * before and after <= IMPULSE_LEFT_LEVEL)
     if use_impulses:
         if cleaned is None:

@@ -24,10 +24,10 @@ _IJG_LUMA = np.array([
     [49, 64, 78, 87, 103, 121, 120, 101],
     [72, 92, 95, 98, 112, 100, 103, 99]], dtype=np.float64)
 # Low frequencies read (zigzag order after the DC term): every block's coefficient there is rarely zero.
-_FREQUENCIES = [(0, 1), (1, 0), (2, 0), (1, 1), (0, 2), (0, 3), (1, 2), (2, 1), (3, 0), (4, 0)]
+LOW_FREQUENCIES = [(0, 1), (1, 0), (2, 0), (1, 1), (0, 2), (0, 3), (1, 2), (2, 1), (3, 0), (4, 0)]
 MIN_COEFFICIENTS = 50  # a frequency's step is read only from this many coefficients not rounded to zero
 PERIODICITY = 0.6  # mean cos(2 pi c / step) over those coefficients to accept the step (rounding: ~0.9 at step 3)
-MAX_BLOCKS = 20000  # blocks read, evenly strided, on large images
+MAX_BLOCKS = 20000  # about this many blocks read (evenly strided rows of blocks) on large images
 MAX_MISFIT = 0.15  # mean |log| ratio of the read steps to the best table's beyond which no quality is given
 
 
@@ -65,19 +65,21 @@ def estimate_jpeg_quality(image: torch.Tensor) -> int | None:
     their low-frequency steps). Raises ValueError for a tensor that is not (1,C,H,W)."""
     if image.dim() != 4 or image.shape[0] != 1:
         raise ValueError(f"expected a (1,C,H,W) image, got shape {tuple(image.shape)}")
-    x = image[0].float().clamp(0, 1).numpy() * 255.0
+    rows, cols = image.shape[-2] // 8, image.shape[-1] // 8
+    if rows == 0 or cols == 0:
+        return None
+    every = max(1, rows * cols // MAX_BLOCKS)  # rows of blocks read: bounded time and memory on huge photos
+    bands = image[0, :, : rows * 8, : cols * 8].unflatten(1, (rows, 8))[:, ::every].flatten(1, 2)
+    x = bands.float().clamp(0, 1).numpy() * 255.0
     luma = x[0] if x.shape[0] < 3 else 0.299 * x[0] + 0.587 * x[1] + 0.114 * x[2]
     clipped = (x <= 0).any(0) | (x >= 255).any(0)
-    h, w = (luma.shape[0] // 8) * 8, (luma.shape[1] // 8) * 8
-    if h == 0 or w == 0:
-        return None
-    blocks = luma[:h, :w].reshape(h // 8, 8, w // 8, 8).transpose(0, 2, 1, 3).reshape(-1, 8, 8)
-    keep = ~clipped[:h, :w].reshape(h // 8, 8, w // 8, 8).any((1, 3)).reshape(-1)
-    blocks = blocks[keep][:: max(1, int(keep.sum()) // MAX_BLOCKS)]
+    h = luma.shape[0]
+    blocks = luma.reshape(h // 8, 8, cols, 8).transpose(0, 2, 1, 3).reshape(-1, 8, 8)
+    blocks = blocks[~clipped.reshape(h // 8, 8, cols, 8).any((1, 3)).reshape(-1)]
     if len(blocks) < MIN_COEFFICIENTS:
         return None
     coef = dctn(blocks - 128.0, axes=(1, 2), norm="ortho")
-    steps = {f: _step(coef[:, f[0], f[1]], 64) for f in _FREQUENCIES}
+    steps = {f: _step(coef[:, f[0], f[1]], 64) for f in LOW_FREQUENCIES}
     read = {f: s for f, s in steps.items() if s is not None}
     if len(read) < 3 or all(s == 1 for s in read.values()):
         return None

@@ -391,12 +391,14 @@ def _camera_levels(peak: float, read: float) -> torch.Tensor:
     return noise_std_map(gray, "camera", peak=peak, sigma=read).flatten()
 
 
-def test_the_second_pass_measures_camera_noise_from_the_first_results_residual() -> None:
+def test_the_second_pass_measures_camera_noise_from_the_first_results_residual(monkeypatch) -> None:
     """`_second_pass_curve` fits the camera model to the residual noisy - first result: with a perfect
     first result it recovers the exact levels of camera noise (the given curve, flat, is replaced), for
     colour and gray images; Gaussian noise keeps the given curve (a constant fits it better); JPEG
-    compression, which takes the colour noise, gets the given curve raised by JPEG_LIFT; transparent
-    pixels are left out."""
+    compression, which takes the colour noise, keeps the given curve when the JPEG quality can be read
+    (`_noise_level_function` lifted it already), else raises it by JPEG_LIFT; transparent pixels are
+    left out."""
+    from ganlib import noise_level
     from ganlib.noise_level import JPEG_LIFT, NLF_BINS, _residual_levels, _second_pass_curve
     from ganlib.noise import add_noise
 
@@ -413,7 +415,11 @@ def test_the_second_pass_measures_camera_noise_from_the_first_results_residual()
     assert torch.equal(_second_pass_curve(gaussian, clean, flat), flat)
     jpeg = add_noise(clean, "camera", peak=30, sigma=4, quality=75, seed=1)
     assert _residual_levels(jpeg, clean)[2] < 1.0 < _residual_levels(add_noise(clean, "camera", peak=30, sigma=4, seed=1), clean)[2]
+    monkeypatch.setattr(noise_level, "estimate_jpeg_quality", lambda image: 75)
+    assert torch.equal(_second_pass_curve(jpeg, clean, flat), flat)
+    monkeypatch.setattr(noise_level, "estimate_jpeg_quality", lambda image: None)  # off the block grid, or in-camera noise reduction
     assert torch.allclose(_second_pass_curve(jpeg, clean, flat), flat * JPEG_LIFT)
+    monkeypatch.undo()
 
     guide = clean.clone()
     guide[..., 128:] = 0.40  # a flat right half, in the brightness bin of the left's columns 95-111 ...
@@ -425,3 +431,58 @@ def test_the_second_pass_measures_camera_noise_from_the_first_results_residual()
     with_alpha, without = _residual_levels(left, guide, alpha)[0], _residual_levels(left, guide)[0]
     assert float(with_alpha[k]) == pytest.approx(float(truth[k]), rel=0.15)
     assert float(without[k]) < 0.5 * float(with_alpha[k])
+
+
+def _jpeg(rgb8: np.ndarray, quality: int) -> torch.Tensor:
+    import io
+
+    from PIL import Image
+
+    from ganlib.images import to_tensor
+
+    buf = io.BytesIO()
+    Image.fromarray(rgb8).save(buf, format="JPEG", quality=quality)
+    return to_tensor(np.asarray(Image.open(io.BytesIO(buf.getvalue()))))
+
+
+def test_jpeg_compressed_noise_is_read_as_the_noise_before_compression(monkeypatch) -> None:
+    """A colour JPEG's noise-level function is raised by 1 + JPEG_LIFT_GAIN (step / sigma)^JPEG_LIFT_POWER
+    (step: the quality's mean low-frequency quantisation step): more for stronger compression; not for
+    a photo never compressed, a gray JPEG, or a level below JPEG_LIFT_MIN_SIGMA (a clean JPEG's artefacts)."""
+    import skimage
+
+    from ganlib import noise_level
+    from ganlib.jpeg import LOW_FREQUENCIES, ijg_table
+    from ganlib.noise_level import JPEG_LIFT_GAIN, JPEG_LIFT_MIN_SIGMA, JPEG_LIFT_POWER, _noise_level_function
+
+    est = _Wide(view=1).eval()
+    rng = np.random.default_rng(0)
+    photo = skimage.data.astronaut()[60:252, 160:352].astype(np.float64)
+    noisy = np.clip(photo + rng.normal(0, 10, photo.shape), 1, 254).astype(np.uint8)
+
+    def unlifted(image: torch.Tensor) -> tuple[torch.Tensor, float]:
+        with monkeypatch.context() as m:
+            m.setattr(noise_level, "estimate_jpeg_quality", lambda image: None)
+            return _noise_level_function(image, est)
+
+    lifts = []
+    for quality in (50, 80):
+        jpeg = _jpeg(noisy, quality)
+        (curve, sigma), (curve0, sigma0) = _noise_level_function(jpeg, est), unlifted(jpeg)
+        read = noise_level.estimate_jpeg_quality(jpeg)
+        assert read == pytest.approx(quality, abs=3)
+        step = np.mean([ijg_table(read)[f] for f in LOW_FREQUENCIES])
+        assert sigma0 >= JPEG_LIFT_MIN_SIGMA
+        assert sigma / sigma0 == pytest.approx(1 + JPEG_LIFT_GAIN * (step / sigma0) ** JPEG_LIFT_POWER)
+        assert torch.allclose(curve, curve0 * sigma / sigma0)
+        lifts.append(sigma / sigma0)
+    assert lifts[0] > lifts[1] > 1.05
+    png = torch.from_numpy(noisy).permute(2, 0, 1)[None].float() / 255
+    gray = _jpeg(noisy[..., 1], 50)
+    for image in (png, gray):
+        (curve, sigma), (curve0, sigma0) = _noise_level_function(image, est), unlifted(image)
+        assert sigma == sigma0 and torch.equal(curve, curve0)
+    ramp = np.linspace(60, 200, 192)[None, :, None].repeat(192, 0).repeat(3, 2)
+    faint = _jpeg(np.clip(ramp + rng.normal(0, 4, ramp.shape), 0, 255).astype(np.uint8), 80)
+    assert noise_level.estimate_jpeg_quality(faint) is not None
+    assert _noise_level_function(faint, est)[1] == unlifted(faint)[1] < JPEG_LIFT_MIN_SIGMA

@@ -332,7 +332,7 @@ def test_the_automatic_impulse_route_on_textured_photos(monkeypatch, texture: fl
     gone with at most IMPULSE_LEFT_LEVEL left (the texture of a photo with few impulses reads as noise)."""
     import ganlib.inference as inference
 
-    def reading(x, estimator, alpha=None):  # texture + a share per isolated extreme value (no noise-level function)
+    def reading(x, estimator, alpha=None, jpeg=True):  # texture + a share per isolated extreme value (no noise-level function)
         level = texture + per_impulse * float(((x == 0) | (x == 1)).float().mean())
         return torch.full((1, 1, *x.shape[-2:]), level), level, None
 
@@ -342,6 +342,28 @@ def test_the_automatic_impulse_route_on_textured_photos(monkeypatch, texture: fl
     clean = smooth(64, 80) * 0.8 + 0.1  # no extremes of its own
     noisy = add_noise(clean, "salt_pepper", amount=0.01, seed=0, quantize=True)
     assert restore(weights, ImageData(pixels=noisy)).impulses == expected
+
+
+def test_the_impulse_route_compares_readings_without_the_jpeg_lift(monkeypatch):
+    """The switching median's replacements break a JPEG's block grid, so only the photo itself would
+    read as JPEG and be lifted (`_jpeg_lift`): the before-and-after comparison reads both as they are.
+    Here a lifted reading of the photo alone would look like half its noise gone."""
+    import ganlib.inference as inference
+
+    clean = smooth(64, 80) * 0.8 + 0.1
+    noisy = add_noise(clean, "salt_pepper", amount=0.01, seed=0, quantize=True)
+    jpeg_flags = []
+
+    def reading(x, estimator, alpha=None, jpeg=True):  # 9 levels; lifted twofold for the photo as it came
+        jpeg_flags.append(jpeg)
+        level = 18.0 if jpeg and torch.equal(x, noisy) else 9.0
+        return torch.full((1, 1, *x.shape[-2:]), level), level, None
+
+    monkeypatch.setattr(inference, "_blind_map", reading)
+    weights = Weights(fidelity=tiny(), source="mem", estimator=constant_estimator(12.0))
+    res = restore(weights, ImageData(pixels=noisy))
+    assert not res.impulses and res.sigma == 18.0  # denoised at the lifted reading
+    assert jpeg_flags[:2] == [False, False]
 
 
 def test_restore_leaves_a_two_level_image_alone():
