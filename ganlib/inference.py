@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from .impulse import EXTREME, MIN_FRACTION, impulse_fraction, impulse_mask, may_have_impulses, refine_sigma, remove_impulses, spread_tiles, whole_pixel_share
 from .models import Generator
-from .noise_level import _blind_map, _falls, _gray_as_rgb, _noise_level_function, _per_pixel_map, _second_pass_curve, estimate_sigma
+from .noise_level import _blind_map, _gray_as_rgb, _noise_level_function, _per_pixel_map, _second_pass_curve, _takes_second_pass, estimate_sigma
 from .realism import REALISM_GAN_SHARE, detail_gain, frequency_separation
 
 if TYPE_CHECKING:  # runtime imports stay lazy: hub and images are not needed to denoise tensors
@@ -413,15 +413,25 @@ def restore(
             summary = float(smap.float().mean())
             if refine:
                 curve, _ = _noise_level_function(pixels, weights.estimator, alpha=alpha)
-        second = refine and _falls(curve)  # known before the first pass, so progress counts both
-        result = denoise(model, pixels, smap, tile=tile, overlap=overlap, progress=_pass(progress, 0, 2) if second else progress,
+        second = refine and _takes_second_pass(pixels, curve)  # known before the first pass, so progress counts both
+        totals: list[int] = []  # the first pass's step count, to finish the progress when the first result stands
+        first_progress = _pass(progress, 0, 2) if second else progress
+
+        def report(done: int, total: int) -> None:
+            totals.append(total)
+            first_progress(done, total)
+
+        result = denoise(model, pixels, smap, tile=tile, overlap=overlap, progress=None if progress is None else report,
                          precision=precision, ensemble=ensemble)
-        if second:
-            log.info("noise level falls with brightness (camera noise): a second pass at the first result's brightness")
-            smap = _per_pixel_map(_second_pass_curve(pixels, result, curve, alpha), result)
+        second_curve = _second_pass_curve(pixels, result, curve, alpha) if second else None
+        if second_curve is not None:
+            log.info("camera noise: a second pass at the first result's brightness")
+            smap = _per_pixel_map(second_curve, result)
             result = None  # free the first result before the second pass (24 MP: 0.3 GB)
             result = denoise(model, pixels, smap, tile=tile, overlap=overlap, progress=_pass(progress, 1, 2), precision=precision,
                              ensemble=ensemble)
+        elif second and progress is not None and totals:
+            _pass(progress, 1, 2)(totals[-1], totals[-1])  # the first result stands: the second pass's share is done
         return Restored(image.with_pixels(result), smap, summary, estimated, False, fraction, gray_model)
 
     if realism == 0.0:

@@ -484,38 +484,66 @@ def _residual_levels(noisy: torch.Tensor, denoised: torch.Tensor,
     return level, count, float(_mad_std((r - luma).flatten())) / max(float(_mad_std(luma)), 1e-12)
 
 
+def _camera_fit(level: torch.Tensor, count: torch.Tensor) -> torch.Tensor | None:
+    """The camera model in linear light, sigma^2 = slope(l)^2 * (a + b * l) (a, b >= 0; l the linear value
+    of each bin's brightness, slope that of the sRGB curve), fitted to per-bin noise levels (0-1 scale)
+    weighted by pixels (`_residual_levels`): NLF_BINS levels, or None when fewer than 3 bins have
+    readings or a constant fits them as well (Gaussian noise)."""
+    good = count > 0
+    if int(good.sum()) < 3:
+        return None
+    camera = _camera_columns()
+    v, w = level[good] ** 2, count[good]
+    coef, res = _weighted_fit(camera[good], v, w)
+    _, flat = _weighted_fit(torch.ones_like(v)[:, None], v, w)
+    return None if res >= flat else (camera @ coef).sqrt().float()
+
+
 def _second_pass_curve(noisy: torch.Tensor, denoised: torch.Tensor, curve: torch.Tensor,
-                       alpha: torch.Tensor | None = None) -> torch.Tensor:
+                       alpha: torch.Tensor | None = None) -> torch.Tensor | None:
     """The noise-level function (NLF_BINS levels, 0-1 scale) for the second pass over a camera-noise image
-    ((1,C,H,W) noisy and its first denoised result, in [0, 1]), given the blind `curve` it came from.
+    ((1,C,H,W) noisy and its first denoised result, in [0, 1]), given the blind `curve` it came from, or
+    None when the first result stands (see `_takes_second_pass` for which images come here).
 
     The estimator's curve is too flat for camera noise: on the held-back crops it read the shadows
     20-40% low and the bright half 10-30% high, and the generator is sharp about its map there (the
     exact map 10% low or high costs 0.3-0.4 dB, 20% 1.3-1.4 dB). The first pass's residual measures the
     noise directly, as Foi et al. 2008 fit the Poisson-Gaussian model to raw data: per brightness bin of the
-    first result, its robust standard deviation (`_residual_levels`), to which the camera model in
-    linear light, sigma^2 = slope(l)^2 * (a + b * l) (a, b >= 0; l the linear value of the brightness,
-    slope that of the sRGB curve) is fitted, weighted by pixels; it extrapolates to the clipped shadows.
+    first result, its robust standard deviation (`_residual_levels`), to which the camera model is
+    fitted (`_camera_fit`); it extrapolates to the clipped shadows.
     - Used where the residual has independent noise in each channel (chroma over luma above
       RESIDUAL_CHROMA) or one channel (gray photos), and where the camera model fits the readings
       better than a constant does (Gaussian noise stays with the estimator's curve).
     - Where the residual's colour noise is gone (JPEG's chroma subsampling), the residual reads the
       noise after compression, which the generator was not trained to expect (on the held-back crops
-      2 dB worse): the estimator's curve raised by JPEG_LIFT.
+      2 dB worse). A falling curve is kept as it is when the JPEG quality can be read
+      (`_noise_level_function` lifted it to the noise before compression), else raised by JPEG_LIFT.
+      A JPEG whose curve does not fall (a dark photo: the estimator pulls its few shadow blocks towards
+      the rest) takes the camera model's shape from the residual, scaled to the curve's level where
+      the photo has pixels, or keeps its first result when a constant fits as well.
     Levels at most 0.5, as `ganlib.noise.noise_std_map` bounds camera noise."""
     level, count, chroma = _residual_levels(noisy, denoised, alpha)
     if chroma <= RESIDUAL_CHROMA and not _gray_as_rgb(noisy):
-        return curve if estimate_jpeg_quality(noisy) is not None else curve * JPEG_LIFT  # else lifted already
-    good = count > 0
-    if int(good.sum()) < 3:
-        return curve
-    camera = _camera_columns()
-    v, w = level[good] ** 2, count[good]
-    coef, res = _weighted_fit(camera[good], v, w)
-    _, flat = _weighted_fit(torch.ones_like(v)[:, None], v, w)
-    if res >= flat:
-        return curve
-    return (camera @ coef).sqrt().float().clamp(max=0.5)
+        if estimate_jpeg_quality(noisy) is None:
+            return curve * JPEG_LIFT if _falls(curve) else None
+        if _falls(curve):
+            return curve  # lifted already
+        fit = _camera_fit(level, count)
+        if fit is None:
+            return None
+        share = (count / count.sum().clamp(min=1)).float()
+        return (fit * float((curve * share).sum()) / max(float((fit * share).sum()), 1e-12)).clamp(max=0.5)
+    fit = _camera_fit(level, count)
+    return (curve if fit is None else fit.clamp(max=0.5)) if _falls(curve) else None
+
+
+def _takes_second_pass(image: torch.Tensor, curve: torch.Tensor | None) -> bool:
+    """Whether a blind denoising of a (1,C,H,W) image with noise-level function `curve` may take a second
+    pass (`_second_pass_curve`): the curve falls with brightness (camera noise, `_falls`), or the image
+    is a colour JPEG whose quality can be read (camera noise whose curve JPEG flattened)."""
+    if curve is None:
+        return False
+    return _falls(curve) or (image.shape[1] == 3 and not _gray_as_rgb(image) and estimate_jpeg_quality(image) is not None)
 
 
 def refine_noise_map(image: torch.Tensor, estimator: NoiseEstimator, denoised: torch.Tensor, *, tile: int = 512,
@@ -550,7 +578,8 @@ def refine_noise_map(image: torch.Tensor, estimator: NoiseEstimator, denoised: t
     if denoised.shape != image.shape:
         raise ValueError(f"denoised must have the image's shape {tuple(image.shape)}, got {tuple(denoised.shape)}")
     curve, _ = _noise_level_function(image, estimator, tile=tile, max_tiles=max_tiles, alpha=alpha)
-    return _per_pixel_map(_second_pass_curve(image, denoised, curve, alpha), denoised) if _falls(curve) else None
+    second = _second_pass_curve(image, denoised, curve, alpha) if _takes_second_pass(image, curve) else None
+    return None if second is None else _per_pixel_map(second, denoised)
 
 
 def _falls(curve: torch.Tensor | None) -> bool:

@@ -335,7 +335,7 @@ def test_the_noise_level_fits_are_non_negative_least_squares() -> None:
     assert _signal_share(speckle, sparse) == 0.0
 
 
-def test_camera_noise_takes_a_second_pass_at_the_first_results_brightness() -> None:
+def test_camera_noise_takes_a_second_pass_at_the_first_results_brightness(monkeypatch) -> None:
     """Where the noise-level function falls with brightness (camera noise), `refine_noise_map` reads it
     per pixel at a denoised guide's brightness: sharp at an edge, where the blind map's 12-pixel
     brightness blurs it; flat or rising curves (Gaussian noise) get None, and restore() takes the second
@@ -381,6 +381,17 @@ def test_camera_noise_takes_a_second_pass_at_the_first_results_brightness() -> N
     totals = {t for _, t in calls}
     assert len(totals) == 1 and calls[-1][0] == calls[-1][1] == len(calls) > 2
 
+    from ganlib import noise_level
+
+    monkeypatch.setattr(noise_level, "estimate_jpeg_quality", lambda image: 75)  # a JPEG: a second pass may follow ...
+    monkeypatch.setattr(noise_level, "_camera_fit", lambda level, count: None)  # ... but a constant fits its residual
+    calls.clear()
+    out = restore(weights, ImageData(pixels=gaussian), impulses=False, tile=64, overlap=16, progress=lambda d, t: calls.append((d, t)))
+    first_map, _ = estimate_noise_map(gaussian, est)
+    assert torch.equal(out.noise_map, first_map)  # the first result stands ...
+    assert torch.equal(out.image.pixels, restore(weights, ImageData(pixels=gaussian), sigma=first_map, impulses=False, tile=64, overlap=16).image.pixels)
+    assert calls[-1][0] == calls[-1][1] and len({t for _, t in calls}) == 1  # ... and progress still ends at its total
+
 
 def _camera_levels(peak: float, read: float) -> torch.Tensor:
     """The exact camera-noise level (0-1 scale) at each NLF bin's centre brightness."""
@@ -393,32 +404,42 @@ def _camera_levels(peak: float, read: float) -> torch.Tensor:
 
 def test_the_second_pass_measures_camera_noise_from_the_first_results_residual(monkeypatch) -> None:
     """`_second_pass_curve` fits the camera model to the residual noisy - first result: with a perfect
-    first result it recovers the exact levels of camera noise (the given curve, flat, is replaced), for
-    colour and gray images; Gaussian noise keeps the given curve (a constant fits it better); JPEG
-    compression, which takes the colour noise, keeps the given curve when the JPEG quality can be read
-    (`_noise_level_function` lifted it already), else raises it by JPEG_LIFT; transparent pixels are
-    left out."""
+    first result it recovers the exact levels of camera noise (the given falling curve is replaced), for
+    colour and gray images; Gaussian noise keeps the given curve (a constant fits it better). JPEG
+    compression takes the colour noise: a falling curve is kept when the JPEG quality can be read
+    (`_noise_level_function` lifted it already), else raised by JPEG_LIFT; a flat one (a dark photo)
+    takes the camera model's shape at the curve's level where the photo has pixels, and Gaussian noise
+    saved as JPEG keeps its first result (None). Transparent pixels are left out."""
     from ganlib import noise_level
-    from ganlib.noise_level import JPEG_LIFT, NLF_BINS, _residual_levels, _second_pass_curve
-    from ganlib.noise import add_noise
+    from ganlib.noise_level import JPEG_LIFT, NLF_BINS, _residual_levels, _second_pass_curve, _takes_second_pass
 
     clean = torch.linspace(0.02, 0.98, 256).expand(1, 3, 128, 256).contiguous()
     flat = torch.full((NLF_BINS,), 0.08)
+    falling = torch.linspace(0.12, 0.06, NLF_BINS)
     truth = _camera_levels(30, 4)
     mid = slice(3, 14)  # bins whose values are not clipped
     for image, reference in ((clean, clean), (clean[:, :1], clean[:, :1])):
         noisy = add_noise(image, "camera", peak=30, sigma=4, seed=1)
-        fitted = _second_pass_curve(noisy, reference, flat)
+        fitted = _second_pass_curve(noisy, reference, falling)
         assert torch.allclose(fitted[mid], truth[mid], rtol=0.18), (fitted[mid], truth[mid])  # first-order truth: the shadows bend
         assert float(fitted[0]) > 2 * float(fitted[-1])  # the shadows' read noise, through the sRGB curve
+        assert _second_pass_curve(noisy, reference, flat) is None  # not a JPEG: a flat curve takes no second pass
     gaussian = add_noise(clean, "gaussian", sigma=20, seed=1)
-    assert torch.equal(_second_pass_curve(gaussian, clean, flat), flat)
+    assert torch.equal(_second_pass_curve(gaussian, clean, falling), falling)
     jpeg = add_noise(clean, "camera", peak=30, sigma=4, quality=75, seed=1)
     assert _residual_levels(jpeg, clean)[2] < 1.0 < _residual_levels(add_noise(clean, "camera", peak=30, sigma=4, seed=1), clean)[2]
     monkeypatch.setattr(noise_level, "estimate_jpeg_quality", lambda image: 75)
-    assert torch.equal(_second_pass_curve(jpeg, clean, flat), flat)
+    assert torch.equal(_second_pass_curve(jpeg, clean, falling), falling)
+    assert _takes_second_pass(jpeg, flat) and not _takes_second_pass(jpeg[:, :1], flat)
+    shaped = _second_pass_curve(jpeg, clean, flat)
+    assert float(shaped[0]) > 2 * float(shaped[-1])  # the camera model's shape ...
+    count = _residual_levels(jpeg, clean)[1].float()
+    assert float((shaped * count).sum() / count.sum()) == pytest.approx(0.08)  # ... at the curve's level where the photo has pixels
+    gaussian_jpeg = _jpeg((gaussian[0].permute(1, 2, 0) * 255).round().clamp(0, 255).byte().numpy(), 75)
+    assert _second_pass_curve(gaussian_jpeg, clean, flat) is None
     monkeypatch.setattr(noise_level, "estimate_jpeg_quality", lambda image: None)  # off the block grid, or in-camera noise reduction
-    assert torch.allclose(_second_pass_curve(jpeg, clean, flat), flat * JPEG_LIFT)
+    assert torch.allclose(_second_pass_curve(jpeg, clean, falling), falling * JPEG_LIFT)
+    assert _second_pass_curve(jpeg, clean, flat) is None and not _takes_second_pass(jpeg, flat)
     monkeypatch.undo()
 
     guide = clean.clone()
