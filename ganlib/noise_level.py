@@ -377,7 +377,8 @@ def _noise_level_function(image: torch.Tensor, estimator: NoiseEstimator, *, til
 # (`/work/exp27/fit.py`): automatic-to-informed gap 1.21 dB with the constant JPEG_LIFT, 0.45 with this
 # (0.34 with the best lift per photo). Checked on 16 other held-back crops (`/work/exp27/val.py`): JPEG 60
 # gap 1.35 -> 0.72 / 1.23 -> 0.52 (peak 30 / 100), JPEG 75 0.55 -> 0.55 / 0.53 -> 0.45, Gaussian 15 +
-# JPEG 75 +0.77 dB. Only from JPEG_LIFT_MIN_SIGMA: a clean JPEG's artefacts and texture read as 1-9
+# JPEG 75 +0.77 dB (with session 27's second pass for JPEGs whose curve does not fall, `_second_pass_curve`:
+# 0.48 / 0.43 at JPEG 60, 0.47 / 0.33 at JPEG 75, Gaussian +0.82). Only from JPEG_LIFT_MIN_SIGMA: a clean JPEG's artefacts and texture read as 1-9
 # levels, and lifting them over-smooths (clean crops saved at JPEG 75: -0.02 dB, at most -0.23; with a
 # floor of 5, -0.08 and -0.64).
 JPEG_LIFT_GAIN, JPEG_LIFT_POWER, JPEG_LIFT_MAX = 0.6, 1.5, 2.0
@@ -551,10 +552,11 @@ def refine_noise_map(image: torch.Tensor, estimator: NoiseEstimator, denoised: t
     """The noise-level map for a second pass over a (1,C,H,W) noisy image in [0, 1], given its first
     denoised result (same shape, [0, 1]): when the image's noise-level function (`_noise_level_function`)
     falls with brightness (its darkest quarter of bins NLF_FALL times its brightest half: camera noise,
-    whose read noise the sRGB curve amplifies in the shadows), a curve for camera noise
-    (`_second_pass_curve`: the camera model fitted to the first result's residual, or the estimator's
-    curve raised for JPEG-compressed noise) read per pixel at the denoised result's brightness
-    ((1,1,H,W), 0-255); else None (one pass is as good).
+    whose read noise the sRGB curve amplifies in the shadows) or the image is a colour JPEG whose quality
+    can be read (`_takes_second_pass`), a curve for camera noise (`_second_pass_curve`: the camera model
+    fitted to the first result's residual, the estimator's curve raised for JPEG-compressed noise, or
+    for a JPEG whose curve does not fall the camera model's shape at the curve's level) read per pixel
+    at the denoised result's brightness ((1,1,H,W), 0-255); else None (one pass is as good).
 
     `estimate_noise_map` reads the estimator's curve at the noisy image's brightness averaged over 12x12
     pixels, which blurs where a steep curve changes fastest, and the estimator's curve is too flat for
