@@ -52,6 +52,8 @@ from ganlib.hub import Weights, load_weights
 from ganlib.images import ImageData, ImageError, load_image, save_image, to_pil
 from ganlib.impulse import may_have_impulses
 from ganlib.inference import IMPULSE_MIN_FRACTION, Restored, resolve_precision, restore
+from ganlib.jpeg import estimate_jpeg_quality
+from ganlib.noise_level import JPEG_LIFT_MIN_SIGMA
 from ganlib.noise import DEFAULTS, KINDS, add_noise, informed_noise_map
 
 try:  # Hugging Face ZeroGPU: present on Spaces only; a plain CPU run never needs it
@@ -643,6 +645,12 @@ def _run(image, noise_kind, noise_params, seed, strength, realism, progress, ens
             notes.append("realism sharpens whatever noise is left: for a camera or phone photo, tick "
                          "'Camera / phone photo: blotchy noise' so that the noise goes first")
 
+    # the automatic strength allows for the noise JPEG compression removed (colour photos; see ganlib.noise_level)
+    jpeg_quality = estimate_jpeg_quality(source.pixels) if map_kind == "estimated" and not skipped else None
+    if jpeg_quality is not None and shuffled == 1 and not restored.gray_model and not restored.impulses and restored.sigma >= JPEG_LIFT_MIN_SIGMA:
+        notes.append(f"JPEG compression read from the pixels (quality about {jpeg_quality}): the estimated noise level "
+                     "is that of the noise before compression, which JPEG partly removed")
+
     out = _out_dir()
     stem = _safe_stem(name)
     view = out / "view"  # display copies; the download sits alone in `out` under its final name
@@ -672,6 +680,7 @@ def _run(image, noise_kind, noise_params, seed, strength, realism, progress, ens
         "sigma_estimator": ("learned (estimator/)" if weights.estimator is not None else "wavelet (scikit-image)") if map_kind == "estimated" else None,
         "sigma_used": round(float(restored.sigma), 3),
         "sigma_estimated": round(float(restored.sigma), 3) if map_kind == "estimated" else None,
+        "jpeg_quality": jpeg_quality,  # the quality the input was last JPEG-compressed at, read from its pixels (estimated maps only)
         "strength": "manual" if strength is not None else "auto",
         "impulses_removed": bool(restored.impulses),
         "impulse_fraction": round(float(restored.impulse_fraction), 5),
@@ -798,6 +807,12 @@ def compare(image: Any, settings: dict[str, Any] | None = None, seed: int | floa
         rows = _compare_kinds(weights, crop, levels, seed, realism, progress)
     except ValueError as err:
         raise gr.Error(f"Bad noise settings: {err}.") from None
+    # the automatic strength allows for the noise JPEG compression removed (colour photos; see ganlib.noise_level)
+    jpeg_quality = estimate_jpeg_quality(source.pixels) if map_kind == "estimated" and not skipped else None
+    if jpeg_quality is not None and shuffled == 1 and not restored.gray_model and not restored.impulses and restored.sigma >= JPEG_LIFT_MIN_SIGMA:
+        notes.append(f"JPEG compression read from the pixels (quality about {jpeg_quality}): the estimated noise level "
+                     "is that of the noise before compression, which JPEG partly removed")
+
     out = _out_dir()
     stem = _safe_stem(name)
     table, gallery = [], []

@@ -291,6 +291,34 @@ def test_auto_strength_uses_the_weights_estimator(app, rgb_png, tmp_path, monkey
     assert app.run(str(rgb_png), "gaussian", {"sigma": 40}, seed=0, strength=30).metrics["sigma_used"] == 30  # manual wins
 
 
+def test_a_jpeg_upload_is_estimated_as_the_noise_before_compression(app, tmp_path, monkeypatch):
+    """Photo mode on a noisy JPEG: the quality is read from the pixels and reported, and the automatic
+    strength is the estimator's reading raised by the JPEG lift (a note says so); the same pixels as a
+    PNG get the reading as it is."""
+    import skimage
+
+    from ganlib.models import EstimatorConfig, NoiseEstimator
+
+    folder = make_weights(tmp_path / "w", gan=False)
+    est = NoiseEstimator(EstimatorConfig(width=8))
+    with torch.no_grad():
+        est.out.weight.zero_()
+        est.out.bias.fill_(float(np.log(17 / 255 + NoiseEstimator.eps)))  # says sigma 17 everywhere
+    est.save_pretrained(folder / "estimator")
+    monkeypatch.setattr(app, "_weights", None)
+    monkeypatch.setenv("GANLIB_WEIGHTS", str(folder))
+    rng = np.random.default_rng(0)
+    clean = skimage.data.astronaut()[60:188, 160:288].astype(np.float64)  # 128 x 128: 256 JPEG blocks
+    photo = np.clip(clean + rng.normal(0, 12, clean.shape), 1, 254).astype(np.uint8)
+    Image.fromarray(photo).save(tmp_path / "noisy.jpg", quality=60)
+    Image.fromarray(photo).save(tmp_path / "noisy.png")
+    jpeg = app.run(str(tmp_path / "noisy.jpg"), "none", {}, seed=0).metrics
+    png = app.run(str(tmp_path / "noisy.png"), "none", {}, seed=0).metrics
+    assert jpeg["jpeg_quality"] == pytest.approx(60, abs=3) and png["jpeg_quality"] is None
+    assert png["sigma_used"] == pytest.approx(17, abs=1e-3) and jpeg["sigma_used"] > 1.1 * 17
+    assert any("JPEG compression" in n for n in jpeg["notes"]) and not any("JPEG compression" in n for n in png["notes"])
+
+
 def test_no_weights_gives_a_clear_error(app, rgb_png, tmp_path, monkeypatch):
     monkeypatch.setattr(app, "_weights", None)
     monkeypatch.setattr(app, "_weights_error", None)
