@@ -10,6 +10,7 @@ from .camera import CameraParams, camera_noise_std_map, sample_camera_params, si
 from .compare import KindComparison, compare_kinds, crop_for_compare
 from .impulse import impulse_mask, remove_impulses
 from .inference import Restored, denoise, denoise_image, restore
+from .jpeg import estimate_jpeg_quality
 from .metrics import detail_ratio, psnr, ssim
 from .models import Discriminator, DiscriminatorConfig, EstimatorConfig, Generator, GeneratorConfig, NoiseEstimator, count_macs_per_pixel
 from .noise import KINDS, add_noise, informed_noise_map, noise_std_map
@@ -22,6 +23,7 @@ __all__ = [
     "camera_noise_std_map",
     "compare_kinds",
     "crop_for_compare",
+    "estimate_jpeg_quality",
     "estimate_noise_map",
     "impulse_mask",
     "informed_noise_map",
