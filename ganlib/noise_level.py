@@ -4,14 +4,16 @@
 conditions the generator when the noise level is not known: the estimator network's 4x4-block readings
 and a wavelet reading per brightness bin make a noise-level function (the noise's standard deviation
 against brightness: flat for Gaussian noise, rising for Poisson and speckle, falling in sRGB for camera
-noise), read at each pixel's brightness. `refine_noise_map` gives the map for a second pass over
-camera noise from the first result's residual. `estimate_sigma` is the one-number summary. Images are
+noise), read at each pixel's brightness; for a colour JPEG, raised to the noise before compression
+(`_jpeg_lift`). `refine_noise_map` gives the map for a second pass over camera noise from the first
+result's residual. `estimate_sigma` is the one-number summary. Images are
 (1,C,H,W) float tensors in [0, 1].
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 
 import numpy as np
@@ -22,6 +24,8 @@ from .impulse import EXTREME, spread_tiles
 from .jpeg import LOW_FREQUENCIES, estimate_jpeg_quality, ijg_table
 from .models import NoiseEstimator
 from .noise import srgb_slope, srgb_to_linear
+
+log = logging.getLogger(__name__)
 
 
 def estimate_sigma(image: torch.Tensor, estimator: NoiseEstimator | None = None, *, tile: int = 512, max_tiles: int = 8,
@@ -394,7 +398,9 @@ def _jpeg_lift(image: torch.Tensor, sigma: float) -> float | None:
     if sigma < JPEG_LIFT_MIN_SIGMA:
         return 1.0
     step = float(np.mean([ijg_table(quality)[f] for f in LOW_FREQUENCIES]))
-    return min(JPEG_LIFT_MAX, 1.0 + JPEG_LIFT_GAIN * (step / sigma) ** JPEG_LIFT_POWER)
+    lift = min(JPEG_LIFT_MAX, 1.0 + JPEG_LIFT_GAIN * (step / sigma) ** JPEG_LIFT_POWER)
+    log.debug("JPEG quality %d read from the pixels: noise level %.2f raised %.2fx to the noise before compression", quality, sigma, lift)
+    return lift
 
 
 def _nlf_lookup(curve: torch.Tensor, brightness: torch.Tensor) -> torch.Tensor:
