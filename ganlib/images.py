@@ -53,11 +53,8 @@ def to_tensor(image: Image.Image | np.ndarray) -> torch.Tensor:
         arr = arr.astype(np.float32)
     h, w, c = arr.shape
     out = torch.empty(1, c, h, w, dtype=torch.float32)
-    for ch in range(c):
-        plane = np.ascontiguousarray(arr[..., ch])
-        if plane.dtype == np.uint16:  # torch has no uint16 arithmetic on every version: widen per plane
-            plane = plane.astype(np.int32)
-        out[0, ch].copy_(torch.from_numpy(plane))
+    for ch in range(c):  # numpy converts while it copies: no temporary, and read-only arrays (PIL's) are fine
+        out[0, ch].numpy()[...] = arr[..., ch]
     if scale is not None:
         out.mul_(scale)
     return out

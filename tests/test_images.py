@@ -434,3 +434,20 @@ def test_blockwise_conversion_matches_the_plain_formula():
     np.testing.assert_array_equal(to_numpy(to_tensor(plain)), plain)
     g16 = rand((1100, 3), np.uint16)
     np.testing.assert_array_equal(to_numpy(to_tensor(g16), np.uint16), g16)
+
+
+def test_to_tensor_reads_read_only_arrays_without_a_warning() -> None:
+    """`np.asarray(pil_image)` is read-only; a 1-channel one used to reach torch as it is and warn."""
+    import warnings
+
+    from ganlib.images import to_tensor
+
+    for shape, dtype, top in (((5, 7), np.uint8, 255), ((5, 7, 3), np.uint16, 65535), ((5, 7, 1), np.float32, 1.0)):
+        arr = (np.arange(np.prod(shape)) % 4).reshape(shape).astype(dtype) * dtype(top // 3 if dtype != np.float32 else 1 / 3)
+        arr.flags.writeable = False
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            out = to_tensor(arr)
+        planes = arr[..., None] if arr.ndim == 2 else arr
+        assert out.shape == (1, planes.shape[2], 5, 7) and out.dtype == torch.float32
+        assert torch.allclose(out[0].permute(1, 2, 0), torch.from_numpy(planes.astype(np.float64) / (1 if dtype == np.float32 else top)).float())
