@@ -268,7 +268,8 @@ def test_realism_needs_gan_weights(app, rgb_png, tmp_path, monkeypatch):
     assert "fidelity only" in app.weights_banner()
 
 
-def test_auto_strength_uses_the_weights_estimator(app, rgb_png, tmp_path, monkeypatch):
+def _use_weights_whose_estimator_says_17(app, tmp_path, monkeypatch) -> None:
+    """The demo on tiny weights with an estimator that reads sigma 17 everywhere."""
     from ganlib.models import EstimatorConfig, NoiseEstimator
 
     folder = make_weights(tmp_path / "w", gan=False)
@@ -279,6 +280,10 @@ def test_auto_strength_uses_the_weights_estimator(app, rgb_png, tmp_path, monkey
     est.save_pretrained(folder / "estimator")
     monkeypatch.setattr(app, "_weights", None)
     monkeypatch.setenv("GANLIB_WEIGHTS", str(folder))
+
+
+def test_auto_strength_uses_the_weights_estimator(app, rgb_png, tmp_path, monkeypatch):
+    _use_weights_whose_estimator_says_17(app, tmp_path, monkeypatch)
     m = app.run(str(rgb_png), "gaussian", {"sigma": 40}, seed=0, informed=False).metrics
     assert m["sigma_estimated"] == pytest.approx(17, abs=1e-3) and m["sigma_used"] == m["sigma_estimated"]
     assert m["sigma_estimator"] == "learned (estimator/)" and m["noise_map"] == "estimated"
@@ -297,16 +302,7 @@ def test_a_jpeg_upload_is_estimated_as_the_noise_before_compression(app, tmp_pat
     PNG get the reading as it is."""
     import skimage
 
-    from ganlib.models import EstimatorConfig, NoiseEstimator
-
-    folder = make_weights(tmp_path / "w", gan=False)
-    est = NoiseEstimator(EstimatorConfig(width=8))
-    with torch.no_grad():
-        est.out.weight.zero_()
-        est.out.bias.fill_(float(np.log(17 / 255 + NoiseEstimator.eps)))  # says sigma 17 everywhere
-    est.save_pretrained(folder / "estimator")
-    monkeypatch.setattr(app, "_weights", None)
-    monkeypatch.setenv("GANLIB_WEIGHTS", str(folder))
+    _use_weights_whose_estimator_says_17(app, tmp_path, monkeypatch)
     rng = np.random.default_rng(0)
     clean = skimage.data.astronaut()[60:188, 160:288].astype(np.float64)  # 128 x 128: 256 JPEG blocks
     photo = np.clip(clean + rng.normal(0, 12, clean.shape), 1, 254).astype(np.uint8)
