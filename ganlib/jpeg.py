@@ -54,17 +54,29 @@ def _step(coef: np.ndarray, max_step: int) -> int | None:
 
 def estimate_jpeg_quality(image: torch.Tensor) -> int | None:
     """The IJG quality (1-100) a (1,C,H,W) image in [0, 1] was last JPEG-compressed at, read from the
-    quantisation steps of its luma's low-frequency 8x8 DCT coefficients on the block grid starting at
-    the top-left pixel; None when it shows no JPEG quantisation: never compressed, compressed at about
-    95 or above (steps of 1), resized or cropped off the block grid since, or too small or flat to tell
-    (fewer than MIN_COEFFICIENTS usable coefficients per frequency), or when the steps read fit no
-    IJG table (a mean log ratio above MAX_MISFIT).
+    quantisation steps of its luma's low-frequency 8x8 DCT coefficients on the block grid anchored at
+    a corner (the top-left one, else the others: a photo turned upright by its EXIF orientation has its
+    grid at another corner when its sides are not multiples of 8); None when it shows no JPEG
+    quantisation: never compressed, compressed at about 90 or above (steps of 1-3 levels, which the
+    decoder's rounding blurs), resized or cropped off the block grid since, or too small or flat to
+    tell (fewer than MIN_COEFFICIENTS usable coefficients per frequency), or when the steps read fit no
+    IJG table (a mean log ratio above MAX_MISFIT: compressed twice on different grids or tables).
 
     Blocks with a value at 0 or 1 (clipped by the decoder) are left out. On Pillow's JPEGs of noisy
     photos it reads the quality used within a few steps (the tables of neighbouring qualities share
     their low-frequency steps). Raises ValueError for a tensor that is not (1,C,H,W)."""
     if image.dim() != 4 or image.shape[0] != 1:
         raise ValueError(f"expected a (1,C,H,W) image, got shape {tuple(image.shape)}")
+    dy, dx = image.shape[-2] % 8, image.shape[-1] % 8
+    for y, x in dict.fromkeys([(0, 0), (dy, dx), (dy, 0), (0, dx)]):  # the top-left grid first
+        quality = _grid_quality(image[..., y:, x:])
+        if quality is not None:
+            return quality
+    return None
+
+
+def _grid_quality(image: torch.Tensor) -> int | None:
+    """`estimate_jpeg_quality` on the block grid anchored at the top-left pixel."""
     rows, cols = image.shape[-2] // 8, image.shape[-1] // 8
     if rows == 0 or cols == 0:
         return None

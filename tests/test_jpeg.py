@@ -46,7 +46,7 @@ def test_uncompressed_off_grid_and_gray_images() -> None:
     """No quality for an image never compressed or cropped off the block grid; a gray JPEG is read."""
     photo = _noisy_photo()
     assert estimate_jpeg_quality(to_tensor(photo)) is None
-    assert estimate_jpeg_quality(_jpeg(photo, 60)[..., 3:, 5:]) is None
+    assert estimate_jpeg_quality(_jpeg(photo, 60)[..., 3:-2, 5:-4]) is None  # no corner on the grid
     assert estimate_jpeg_quality(_jpeg(photo, 60)[..., 8:, 16:]) == pytest.approx(60, abs=3)  # still on the grid
     gray = _jpeg(photo, 60).mean(1, keepdim=True)
     assert estimate_jpeg_quality(gray) is None  # the channel mean is not the JPEG's luma: off its steps
@@ -60,3 +60,18 @@ def test_small_flat_and_malformed_images() -> None:
     assert estimate_jpeg_quality(torch.full((1, 3, 64, 64), 0.5)) is None  # flat: every AC coefficient is zero
     with pytest.raises(ValueError, match=r"\(1,C,H,W\)"):
         estimate_jpeg_quality(torch.rand(3, 64, 64))
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_reads_a_jpeg_turned_upright_by_its_exif_orientation(tmp_path, orientation: int) -> None:
+    """`load_image` turns a photo upright: with sides that are not multiples of 8 its block grid then
+    starts at another corner."""
+    from ganlib import load_image
+
+    image = Image.fromarray(_noisy_photo()[:148, :156])  # 148 x 156: neither side a multiple of 8
+    exif = image.getexif()
+    exif[0x0112] = orientation
+    image.save(tmp_path / "photo.jpg", quality=70, exif=exif)
+    pixels = load_image(tmp_path / "photo.jpg").pixels
+    assert pixels.shape[-2:] == ((148, 156) if orientation < 5 else (156, 148))
+    assert estimate_jpeg_quality(pixels) == pytest.approx(70, abs=3)
