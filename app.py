@@ -807,12 +807,6 @@ def compare(image: Any, settings: dict[str, Any] | None = None, seed: int | floa
         rows = _compare_kinds(weights, crop, levels, seed, realism, progress)
     except ValueError as err:
         raise gr.Error(f"Bad noise settings: {err}.") from None
-    # the automatic strength allows for the noise JPEG compression removed (colour photos; see ganlib.noise_level)
-    jpeg_quality = estimate_jpeg_quality(source.pixels) if map_kind == "estimated" and not skipped else None
-    if jpeg_quality is not None and shuffled == 1 and not restored.gray_model and not restored.impulses and restored.sigma >= JPEG_LIFT_MIN_SIGMA:
-        notes.append(f"JPEG compression read from the pixels (quality about {jpeg_quality}): the estimated noise level "
-                     "is that of the noise before compression, which JPEG partly removed")
-
     out = _out_dir()
     stem = _safe_stem(name)
     table, gallery = [], []
