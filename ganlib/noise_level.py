@@ -381,10 +381,10 @@ def _noise_level_function(image: torch.Tensor, estimator: NoiseEstimator, *, til
 # (`/work/exp27/fit.py`): automatic-to-informed gap 1.21 dB with the constant JPEG_LIFT, 0.45 with this
 # (0.34 with the best lift per photo). Checked on 16 other held-back crops (`/work/exp27/val.py`): JPEG 60
 # gap 1.35 -> 0.72 / 1.23 -> 0.52 (peak 30 / 100), JPEG 75 0.55 -> 0.55 / 0.53 -> 0.45, Gaussian 15 +
-# JPEG 75 +0.77 dB (with session 27's second pass for JPEGs whose curve does not fall, `_second_pass_curve`:
-# 0.48 / 0.43 at JPEG 60, 0.47 / 0.33 at JPEG 75, Gaussian +0.82). Only from JPEG_LIFT_MIN_SIGMA: a clean JPEG's artefacts and texture read as 1-9
-# levels, and lifting them over-smooths (clean crops saved at JPEG 75: -0.02 dB, at most -0.23; with a
-# floor of 5, -0.08 and -0.64).
+# JPEG 75 +0.77 dB; with the second pass for JPEGs whose curve does not fall (`_second_pass_curve`) 0.48 /
+# 0.43 at JPEG 60, 0.47 / 0.33 at JPEG 75, Gaussian +0.82. Only from JPEG_LIFT_MIN_SIGMA: a clean JPEG's
+# artefacts and texture read as 0.3-9 levels, and lifting them over-smooths (clean crops saved at JPEG
+# 75: -0.02 dB, at most -0.23; with a floor of 5, -0.08 and -0.64).
 JPEG_LIFT_GAIN, JPEG_LIFT_POWER, JPEG_LIFT_MAX = 0.6, 1.5, 2.0
 JPEG_LIFT_MIN_SIGMA = 6.0
 
