@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from .impulse import EXTREME, MIN_FRACTION, impulse_fraction, impulse_mask, may_have_impulses, refine_sigma, remove_impulses, spread_tiles, whole_pixel_share
 from .models import Generator
-from .noise_level import _blind_map, _gray_as_rgb, _noise_level_function, _per_pixel_map, _second_pass_curve, _takes_second_pass, estimate_sigma
+from .noise_level import _blind_map, _gray_as_rgb, _noise_level_function, _per_pixel_map, _falls, _second_pass_curve, estimate_sigma
 from .realism import REALISM_GAN_SHARE, detail_gain, frequency_separation
 
 if TYPE_CHECKING:  # runtime imports stay lazy: hub and images are not needed to denoise tensors
@@ -311,8 +311,11 @@ def restore(
     `ganlib.noise.informed_noise_map`), or None to estimate a map from the image with
     `weights.estimator` (`estimate_noise_map`: transparent, flat and saturated areas ignored), else
     scikit-image's wavelet estimate. An estimated map (None, or a map with `sigma_estimated`) whose
-    noise level falls with brightness (camera noise) takes a second pass at the map read per pixel at
-    the first result's brightness (`refine_noise_map`; stride 1 only: twice the time for such photos).
+    noise level falls with brightness (camera noise), or whose first result's residual has lost its
+    colour noise and fits the camera model (JPEG-compressed camera noise on a dark photo), takes a
+    second pass at the map read per pixel at the first result's brightness (`refine_noise_map`; stride
+    1 only: twice the time for such photos; a JPEG photo's map is raised to the noise before
+    compression, see `ganlib.noise_level`).
     impulses: True = the image carries salt & pepper noise: detected impulses are replaced by a
     switching median, then the network refines those pixels only (all others are kept exactly);
     None = detect it (isolated 0/1 values, and their removal takes away most of the estimated
@@ -413,25 +416,16 @@ def restore(
             summary = float(smap.float().mean())
             if refine:
                 curve, _ = _noise_level_function(pixels, weights.estimator, alpha=alpha)
-        second = refine and _takes_second_pass(pixels, curve)  # known before the first pass, so progress counts both
-        totals: list[int] = []  # the first pass's step count, to finish the progress when the first result stands
-        first_progress = _pass(progress, 0, 2) if second else progress
-
-        def report(done: int, total: int) -> None:
-            totals.append(total)
-            first_progress(done, total)
-
-        result = denoise(model, pixels, smap, tile=tile, overlap=overlap, progress=None if progress is None else report,
+        known = refine and _falls(curve)  # a falling curve always takes the second pass: progress counts both
+        result = denoise(model, pixels, smap, tile=tile, overlap=overlap, progress=_pass(progress, 0, 2) if known else progress,
                          precision=precision, ensemble=ensemble)
-        second_curve = _second_pass_curve(pixels, result, curve, alpha) if second else None
-        if second_curve is not None:
+        second = _second_pass_curve(pixels, result, curve, alpha) if refine and curve is not None else None
+        if second is not None:  # else one pass is as good
             log.info("camera noise: a second pass at the first result's brightness")
-            smap = _per_pixel_map(second_curve, result)
+            smap = _per_pixel_map(second, result)
             result = None  # free the first result before the second pass (24 MP: 0.3 GB)
-            result = denoise(model, pixels, smap, tile=tile, overlap=overlap, progress=_pass(progress, 1, 2), precision=precision,
-                             ensemble=ensemble)
-        elif second and progress is not None and totals:
-            _pass(progress, 1, 2)(totals[-1], totals[-1])  # the first result stands: the second pass's share is done
+            result = denoise(model, pixels, smap, tile=tile, overlap=overlap, progress=_pass(progress, 1, 2) if known else progress,
+                             precision=precision, ensemble=ensemble)
         return Restored(image.with_pixels(result), smap, summary, estimated, False, fraction, gray_model)
 
     if realism == 0.0:

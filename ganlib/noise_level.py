@@ -510,7 +510,8 @@ def _second_pass_curve(noisy: torch.Tensor, denoised: torch.Tensor, curve: torch
                        alpha: torch.Tensor | None = None) -> torch.Tensor | None:
     """The noise-level function (NLF_BINS levels, 0-1 scale) for the second pass over a camera-noise image
     ((1,C,H,W) noisy and its first denoised result, in [0, 1]), given the blind `curve` it came from, or
-    None when the first result stands (see `_takes_second_pass` for which images come here).
+    None when the first result stands (always for a curve that does not fall and a residual with
+    colour noise: Gaussian, Poisson and speckle noise, camera noise without JPEG).
 
     The estimator's curve is too flat for camera noise: on the held-back crops it read the shadows
     20-40% low and the bright half 10-30% high, and the generator is sharp about its map there (the
@@ -525,16 +526,15 @@ def _second_pass_curve(noisy: torch.Tensor, denoised: torch.Tensor, curve: torch
       noise after compression, which the generator was not trained to expect (on the held-back crops
       2 dB worse). A falling curve is kept as it is when the JPEG quality can be read
       (`_noise_level_function` lifted it to the noise before compression), else raised by JPEG_LIFT.
-      A JPEG whose curve does not fall (a dark photo: the estimator pulls its few shadow blocks towards
-      the rest) takes the camera model's shape from the residual, scaled to the curve's level where
-      the photo has pixels, or keeps its first result when a constant fits as well.
+      A curve that does not fall (a dark photo: the estimator pulls its few shadow blocks towards the
+      rest) takes the camera model's shape from the residual, scaled to the curve's level where the
+      photo has pixels; the first result stands when a constant fits as well (Gaussian noise saved
+      as JPEG, clean photos).
     Levels at most 0.5, as `ganlib.noise.noise_std_map` bounds camera noise."""
     level, count, chroma = _residual_levels(noisy, denoised, alpha)
     if chroma <= RESIDUAL_CHROMA and not _gray_as_rgb(noisy):
-        if estimate_jpeg_quality(noisy) is None:
-            return curve * JPEG_LIFT if _falls(curve) else None
         if _falls(curve):
-            return curve  # lifted already
+            return curve if estimate_jpeg_quality(noisy) is not None else curve * JPEG_LIFT  # else lifted already
         fit = _camera_fit(level, count)
         if fit is None:
             return None
@@ -544,25 +544,17 @@ def _second_pass_curve(noisy: torch.Tensor, denoised: torch.Tensor, curve: torch
     return (curve if fit is None else fit.clamp(max=0.5)) if _falls(curve) else None
 
 
-def _takes_second_pass(image: torch.Tensor, curve: torch.Tensor | None) -> bool:
-    """Whether a blind denoising of a (1,C,H,W) image with noise-level function `curve` may take a second
-    pass (`_second_pass_curve`): the curve falls with brightness (camera noise, `_falls`), or the image
-    is a colour JPEG whose quality can be read (camera noise whose curve JPEG flattened)."""
-    if curve is None:
-        return False
-    return _falls(curve) or (image.shape[1] == 3 and not _gray_as_rgb(image) and estimate_jpeg_quality(image) is not None)
-
-
 def refine_noise_map(image: torch.Tensor, estimator: NoiseEstimator, denoised: torch.Tensor, *, tile: int = 512,
                      max_tiles: int = 8, alpha: torch.Tensor | None = None) -> torch.Tensor | None:
     """The noise-level map for a second pass over a (1,C,H,W) noisy image in [0, 1], given its first
     denoised result (same shape, [0, 1]): when the image's noise-level function (`_noise_level_function`)
     falls with brightness (its darkest quarter of bins NLF_FALL times its brightest half: camera noise,
-    whose read noise the sRGB curve amplifies in the shadows) or the image is a colour JPEG whose quality
-    can be read (`_takes_second_pass`), a curve for camera noise (`_second_pass_curve`: the camera model
-    fitted to the first result's residual, the estimator's curve raised for JPEG-compressed noise, or
-    for a JPEG whose curve does not fall the camera model's shape at the curve's level) read per pixel
-    at the denoised result's brightness ((1,1,H,W), 0-255); else None (one pass is as good).
+    whose read noise the sRGB curve amplifies in the shadows), or the first result's residual has lost
+    its colour noise (JPEG) and fits the camera model better than a constant, a curve for camera noise
+    (`_second_pass_curve`: the camera model fitted to the first result's residual, the estimator's curve
+    raised for JPEG-compressed noise, or for a curve that does not fall the camera model's shape at the
+    curve's level) read per pixel at the denoised result's brightness ((1,1,H,W), 0-255); else None (one
+    pass is as good).
 
     `estimate_noise_map` reads the estimator's curve at the noisy image's brightness averaged over 12x12
     pixels, which blurs where a steep curve changes fastest, and the estimator's curve is too flat for
@@ -586,7 +578,7 @@ def refine_noise_map(image: torch.Tensor, estimator: NoiseEstimator, denoised: t
     if denoised.shape != image.shape:
         raise ValueError(f"denoised must have the image's shape {tuple(image.shape)}, got {tuple(denoised.shape)}")
     curve, _ = _noise_level_function(image, estimator, tile=tile, max_tiles=max_tiles, alpha=alpha)
-    second = _second_pass_curve(image, denoised, curve, alpha) if _takes_second_pass(image, curve) else None
+    second = None if curve is None else _second_pass_curve(image, denoised, curve, alpha)
     return None if second is None else _per_pixel_map(second, denoised)
 
 
