@@ -399,7 +399,7 @@ def _jpeg_lift(image: torch.Tensor, sigma: float) -> float | None:
         return 1.0
     step = float(np.mean([ijg_table(quality)[f] for f in LOW_FREQUENCIES]))
     lift = min(JPEG_LIFT_MAX, 1.0 + JPEG_LIFT_GAIN * (step / sigma) ** JPEG_LIFT_POWER)
-    log.debug("JPEG quality %d read from the pixels: noise level %.2f raised %.2fx to the noise before compression", quality, sigma, lift)
+    log.info("JPEG quality %d read from the pixels: noise level %.2f raised %.2fx to the noise before compression", quality, sigma, lift)
     return lift
 
 
