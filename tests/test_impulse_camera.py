@@ -427,7 +427,7 @@ def test_the_second_pass_measures_camera_noise_from_the_first_results_residual(m
         fitted = _second_pass_curve(noisy, reference, falling)
         assert torch.allclose(fitted[mid], truth[mid], rtol=0.18), (fitted[mid], truth[mid])  # first-order truth: the shadows bend
         assert float(fitted[0]) > 2 * float(fitted[-1])  # the shadows' read noise, through the sRGB curve
-        assert _second_pass_curve(noisy, reference, flat) is None  # not a JPEG: a flat curve takes no second pass
+        assert _second_pass_curve(noisy, reference, flat) is None  # its colour noise kept (no JPEG): a flat curve takes none
     gaussian = add_noise(clean, "gaussian", sigma=20, seed=1)
     assert torch.equal(_second_pass_curve(gaussian, clean, falling), falling)
     jpeg = add_noise(clean, "camera", peak=30, sigma=4, quality=75, seed=1)
