@@ -82,7 +82,7 @@ def _grid_quality(image: torch.Tensor) -> int | None:
         return None
     every = max(1, rows * cols // MAX_BLOCKS)  # rows of blocks read: bounded time and memory on huge photos
     bands = image[0, :, : rows * 8, : cols * 8].unflatten(1, (rows, 8))[:, ::every].flatten(1, 2)
-    x = bands.float().clamp(0, 1).numpy() * 255.0
+    x = bands.detach().float().cpu().clamp(0, 1).numpy() * 255.0
     luma = x[0] if x.shape[0] < 3 else 0.299 * x[0] + 0.587 * x[1] + 0.114 * x[2]
     clipped = (x <= 0).any(0) | (x >= 255).any(0)
     h = luma.shape[0]
