@@ -58,6 +58,9 @@ def test_uncompressed_off_grid_and_gray_images() -> None:
 def test_small_flat_and_malformed_images() -> None:
     assert estimate_jpeg_quality(torch.rand(1, 3, 7, 100)) is None  # no whole block
     assert estimate_jpeg_quality(torch.full((1, 3, 64, 64), 0.5)) is None  # flat: every AC coefficient is zero
+    jpeg = _jpeg(_noisy_photo(), 60)
+    assert estimate_jpeg_quality(jpeg.clone().requires_grad_()) == estimate_jpeg_quality(jpeg) == pytest.approx(60, abs=3)
+    estimate_jpeg_quality(jpeg.bfloat16())  # half precision is read too (its rounding may hide the steps)
     with pytest.raises(ValueError, match=r"\(1,C,H,W\)"):
         estimate_jpeg_quality(torch.rand(3, 64, 64))
 
