@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from .impulse import EXTREME, MIN_FRACTION, impulse_fraction, impulse_mask, may_have_impulses, refine_sigma, remove_impulses, spread_tiles, whole_pixel_share
 from .models import Generator
-from .noise_level import _blind_map, _gray_as_rgb, _noise_level_function, _per_pixel_map, _falls, _second_pass_curve, estimate_sigma
+from .noise_level import _blind_map, _falls, _gray_as_rgb, _noise_level_function, _per_pixel_map, _second_pass_curve, estimate_sigma
 from .realism import REALISM_GAN_SHARE, detail_gain, frequency_separation
 
 if TYPE_CHECKING:  # runtime imports stay lazy: hub and images are not needed to denoise tensors

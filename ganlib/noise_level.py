@@ -369,8 +369,8 @@ def _noise_level_function(image: torch.Tensor, estimator: NoiseEstimator, *, til
         shape, dependent = _wavelet_curve(bright[clear], torch.cat(details)[clear], read[clear])
         curve = shape if dependent else torch.maximum(curve, shape * scale)
     sigma = sigma if math.isfinite(sigma) else 0.0
-    lift = _jpeg_lift(image, sigma) if jpeg and not gray else None
-    return (curve, sigma) if lift is None else (curve * lift, sigma * lift)  # the noise before JPEG compression
+    lift = _jpeg_lift(image, sigma) if jpeg and not gray else 1.0
+    return (curve, sigma) if lift == 1.0 else (curve * lift, sigma * lift)  # the noise before JPEG compression
 
 
 # The noise before JPEG compression, which the generator was trained to expect (the camera kind's informed
@@ -389,13 +389,14 @@ JPEG_LIFT_GAIN, JPEG_LIFT_POWER, JPEG_LIFT_MAX = 0.6, 1.5, 2.0
 JPEG_LIFT_MIN_SIGMA = 6.0
 
 
-def _jpeg_lift(image: torch.Tensor, sigma: float) -> float | None:
-    """The factor a colour JPEG's estimated noise level `sigma` (0-255) is raised by (see JPEG_LIFT_GAIN;
-    1 below JPEG_LIFT_MIN_SIGMA), or None when the image (1,3,H,W) shows no JPEG quantisation."""
+def _jpeg_lift(image: torch.Tensor, sigma: float) -> float:
+    """The factor a colour JPEG's estimated noise level `sigma` (0-255) is raised by (see JPEG_LIFT_GAIN):
+    1 below JPEG_LIFT_MIN_SIGMA (the quality is then not read) or when the image (1,3,H,W) shows no JPEG
+    quantisation."""
+    if sigma < JPEG_LIFT_MIN_SIGMA:
+        return 1.0
     quality = estimate_jpeg_quality(image)
     if quality is None:
-        return None
-    if sigma < JPEG_LIFT_MIN_SIGMA:
         return 1.0
     step = float(np.mean([ijg_table(quality)[f] for f in LOW_FREQUENCIES]))
     lift = min(JPEG_LIFT_MAX, 1.0 + JPEG_LIFT_GAIN * (step / sigma) ** JPEG_LIFT_POWER)
@@ -540,8 +541,10 @@ def _second_pass_curve(noisy: torch.Tensor, denoised: torch.Tensor, curve: torch
             return None
         share = (count / count.sum().clamp(min=1)).float()
         return (fit * float((curve * share).sum()) / max(float((fit * share).sum()), 1e-12)).clamp(max=0.5)
+    if not _falls(curve):
+        return None
     fit = _camera_fit(level, count)
-    return (curve if fit is None else fit.clamp(max=0.5)) if _falls(curve) else None
+    return curve if fit is None else fit.clamp(max=0.5)
 
 
 def refine_noise_map(image: torch.Tensor, estimator: NoiseEstimator, denoised: torch.Tensor, *, tile: int = 512,

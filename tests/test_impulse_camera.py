@@ -12,6 +12,7 @@ from ganlib.noise_level import estimate_noise_map
 from ganlib.metrics import psnr
 from ganlib.models import EstimatorConfig, NoiseEstimator
 from ganlib.noise import add_noise, informed_noise_map, noise_std_map
+from tests.test_jpeg import _jpeg
 
 
 def textured(h: int = 96, w: int = 128, seed: int = 0) -> torch.Tensor:
@@ -456,18 +457,6 @@ def test_the_second_pass_measures_camera_noise_from_the_first_results_residual(m
     with_alpha, without = _residual_levels(left, guide, alpha)[0], _residual_levels(left, guide)[0]
     assert float(with_alpha[k]) == pytest.approx(float(truth[k]), rel=0.15)
     assert float(without[k]) < 0.5 * float(with_alpha[k])
-
-
-def _jpeg(rgb8: np.ndarray, quality: int) -> torch.Tensor:
-    import io
-
-    from PIL import Image
-
-    from ganlib.images import to_tensor
-
-    buf = io.BytesIO()
-    Image.fromarray(rgb8).save(buf, format="JPEG", quality=quality)
-    return to_tensor(np.asarray(Image.open(io.BytesIO(buf.getvalue()))))
 
 
 def test_jpeg_compressed_noise_is_read_as_the_noise_before_compression(monkeypatch) -> None:
