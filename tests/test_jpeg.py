@@ -19,10 +19,11 @@ def _noisy_photo(size: int = 160, seed: int = 0) -> np.ndarray:
     return np.clip(base + rng.normal(0, 8, base.shape), 1, 254).astype(np.uint8)
 
 
-def _jpeg(rgb8: np.ndarray, quality: int) -> torch.Tensor:
+def _jpeg(pixels8: np.ndarray, quality: int) -> torch.Tensor:
+    """A uint8 HxW or HxWx3 array saved as JPEG by Pillow and decoded: (1,1,H,W) or (1,3,H,W) in [0, 1]."""
     buf = io.BytesIO()
-    Image.fromarray(rgb8).save(buf, format="JPEG", quality=quality)
-    return to_tensor(np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB")))
+    Image.fromarray(pixels8).save(buf, format="JPEG", quality=quality)
+    return to_tensor(np.asarray(Image.open(io.BytesIO(buf.getvalue()))))
 
 
 def test_ijg_table_is_libjpegs() -> None:
