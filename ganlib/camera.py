@@ -6,7 +6,9 @@ demosaicing and JPEG steps of Guo et al. 2019 (CBDNet) and Zhang et al. 2021 (BS
 1. inverse tone curve (smoothstep), inverse gamma (2.2): linear light;
 2. inverse colour correction (a random convex mix of four cameras' XYZ->camera matrices) and
    inverse white balance (random red/blue gains and an overall brightness gain);
-3. RGGB Bayer mosaic;
+3. Bayer mosaic in one of the four colour filter array (CFA) phases (RGGB, GRBG, GBRG, BGGR: which
+   corner of each 2x2 block holds red), drawn per image, as cameras differ and a photo turned upright
+   by its orientation shows its sensor's mosaic rotated;
 4. heteroscedastic Poisson-Gaussian sensor noise, variance = shot * x + read, with the shot level
    drawn log-uniformly in [1e-4, 1.2e-2] (about ISO 100 to 12800 on a phone-sized sensor) and the
    read level drawn on the line Brooks et al. fitted to real sensors, log(read) = 2.18 log(shot) + 1.2
@@ -58,7 +60,9 @@ class CameraParams:
     rgb2cam: 3x3 colour matrix (rows sum to 1); red_gain, blue_gain, rgb_gain: white-balance and
     brightness gains; quality: JPEG quality 1-100, or None for a lossless (PNG) camera output;
     nr_luma, nr_chroma: std in pixels of the in-camera noise reduction's Gaussian blur of the noise's
-    luma and chroma (0 = none); sharpen: the in-camera unsharp-mask amount (0 = none, radius 1 px).
+    luma and chroma (0 = none); sharpen: the in-camera unsharp-mask amount (0 = none, radius 1 px);
+    pattern: the Bayer mosaic's colour filter array phase, the colours of the top-left 2x2 block read
+    row by row (one of `CFA_PATTERNS`).
     """
 
     shot: float
@@ -71,9 +75,14 @@ class CameraParams:
     nr_luma: float = 0.0
     nr_chroma: float = 0.0
     sharpen: float = 0.0
+    pattern: str = "RGGB"
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+# Where the red site of each colour filter array phase lies in its 2x2 block (row, column).
+CFA_PATTERNS = {"RGGB": (0, 0), "GRBG": (0, 1), "GBRG": (1, 0), "BGGR": (1, 1)}
 
 
 def _u(g: torch.Generator, lo: float, hi: float) -> float:
@@ -84,7 +93,7 @@ def sample_camera_params(generator: torch.Generator, *, jpeg_prob: float = 0.5,
                          shot_range: tuple[float, float] = (1e-4, 1.2e-2), nr_prob: float = 0.0) -> CameraParams:
     """Draw a camera (colour matrix, gains), an ISO (shot and read noise jointly) and a JPEG quality;
     with probability `nr_prob` also in-camera noise reduction (luma blur std 0-2 px, chroma 0.5-3.5 px)
-    and sharpening (amount 0-0.6)."""
+    and sharpening (amount 0-0.6). The Bayer phase (`CameraParams.pattern`) is drawn uniformly."""
     g = generator
     w = torch.rand(4, generator=g).double().numpy() + 1e-8
     xyz2cam = np.tensordot(w / w.sum(), _XYZ2CAMS, axes=1)
@@ -98,7 +107,14 @@ def sample_camera_params(generator: torch.Generator, *, jpeg_prob: float = 0.5,
     params = CameraParams(float(np.exp(log_shot)), float(np.exp(log_read)), rgb2cam.tolist(), red, blue, max(rgb_gain, 0.5), quality)
     if nr_prob > 0 and float(torch.rand((), generator=g)) < nr_prob:  # drawn last: the fields above keep their draws
         params.nr_luma, params.nr_chroma, params.sharpen = _u(g, 0.0, 2.0), _u(g, 0.5, 3.5), _u(g, 0.0, 0.6)
+    params.pattern = list(CFA_PATTERNS)[int(torch.randint(len(CFA_PATTERNS), (), generator=g))]
     return params
+
+
+def _check_pattern(pattern: str) -> tuple[int, int]:
+    if pattern not in CFA_PATTERNS:
+        raise ValueError(f"unknown Bayer pattern {pattern!r}: expected one of {', '.join(CFA_PATTERNS)}")
+    return CFA_PATTERNS[pattern]
 
 
 def _check(image: torch.Tensor) -> torch.Tensor:
@@ -150,9 +166,15 @@ def _jpeg(rgb8: np.ndarray, quality: int) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
 
 
-def _pad_even(x: np.ndarray) -> tuple[np.ndarray, int, int]:
+def _framed(image: torch.Tensor, pattern: str) -> tuple[np.ndarray, tuple[slice, slice]]:
+    """The HxWx3 float64 image padded (edge pixels repeated) so that an RGGB mosaic of the padded
+    image is a `pattern` mosaic of the image itself, and to even sides; and the slices that cut the
+    image back out."""
+    dy, dx = _check_pattern(pattern)
+    x = image.permute(1, 2, 0).double().numpy()
     h, w = x.shape[:2]
-    return np.pad(x, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge"), h, w
+    pad = ((dy, (dy + h) % 2), (dx, (dx + w) % 2), (0, 0))
+    return np.pad(x, pad, mode="edge"), (slice(dy, dy + h), slice(dx, dx + w))
 
 
 _RGB2YCC = np.array([[0.299, 0.587, 0.114], [-0.299, -0.587, 0.886], [0.701, -0.587, -0.114]])  # Y, B-Y, R-Y
@@ -174,11 +196,11 @@ def _in_camera(noise: np.ndarray, p: CameraParams) -> np.ndarray:
     return out
 
 
-def _render(raw_clean: np.ndarray, ref: np.ndarray, p: CameraParams, g: torch.Generator, h: int, w: int) -> np.ndarray:
-    """One noisy 8-bit HxWx3 shot of `raw_clean` (padded mosaic); `ref` is its noise-free rendering."""
+def _render(raw_clean: np.ndarray, ref: np.ndarray, p: CameraParams, g: torch.Generator, cut: tuple[slice, slice]) -> np.ndarray:
+    """One noisy 8-bit HxWx3 shot of `raw_clean` (padded mosaic, `cut` out); `ref` is its noise-free rendering."""
     noise = torch.randn(raw_clean.shape, generator=g, dtype=torch.float64).numpy()
     raw = raw_clean + noise * np.sqrt(np.maximum(raw_clean * p.shot + p.read, 0))
-    noisy = _process(raw, p)[:h, :w]
+    noisy = _process(raw, p)[cut]
     noisy = ref + _in_camera(noisy - ref, p)
     out = (np.clip(noisy, 0, 1) * 255 + 0.5).astype(np.uint8)
     if p.quality is not None:
@@ -194,17 +216,17 @@ def simulate_camera(image: torch.Tensor, params: CameraParams, *, seed: int | No
     `reference` is the same camera's noise-free rendering (demosaiced, no JPEG), what the mean of many
     shots of a static scene is (the ground truth of real-noise sets such as CC15): the target a denoiser
     is trained towards. `noisy` is 8-bit (and JPEG-compressed when params.quality is set).
-    Raises ValueError for non-RGB input or a missing seed/generator.
+    Raises ValueError for non-RGB input, an unknown Bayer pattern or a missing seed/generator.
     """
     if generator is None:
         if seed is None:
             raise ValueError("give an explicit seed or generator: noise never uses global randomness")
         generator = torch.Generator().manual_seed(int(seed))
     x = _check(image)
-    rgb, h, w = _pad_even(x.permute(1, 2, 0).double().numpy())
+    rgb, cut = _framed(x, params.pattern)
     raw_clean = _unprocess(rgb, params)
-    ref = _process(raw_clean, params)[:h, :w]
-    out = _render(raw_clean, ref, params, generator, h, w)
+    ref = _process(raw_clean, params)[cut]
+    out = _render(raw_clean, ref, params, generator, cut)
     ref = ref.astype(np.float32)
 
     def back(a: np.ndarray) -> torch.Tensor:
@@ -223,13 +245,13 @@ def camera_noise_std_map(image: torch.Tensor, params: CameraParams, *, seed: int
     with std `smooth` pixels. Includes what JPEG does to the signal.
     """
     x = _check(image)
-    rgb, h, w = _pad_even(x.permute(1, 2, 0).double().numpy())
+    rgb, cut = _framed(x, params.pattern)
     raw_clean = _unprocess(rgb, params)
-    ref = _process(raw_clean, params)[:h, :w]
+    ref = _process(raw_clean, params)[cut]
     g = torch.Generator().manual_seed(int(seed) + 7919)
-    sq = np.zeros((h, w))
+    sq = np.zeros(ref.shape[:2])
     for _ in range(draws):
-        out = _render(raw_clean, ref, params, g, h, w).astype(np.float64) / 255
+        out = _render(raw_clean, ref, params, g, cut).astype(np.float64) / 255
         sq += ((out - ref) ** 2).mean(axis=-1)
     smap = torch.from_numpy(np.sqrt(sq / draws)).float()[None, None]
     if smooth > 0:

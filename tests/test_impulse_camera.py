@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from ganlib.camera import camera_noise_std_map, sample_camera_params, simulate_camera
+from ganlib.camera import CFA_PATTERNS, camera_noise_std_map, sample_camera_params, simulate_camera
 from ganlib.impulse import impulse_mask, remove_impulses
 from ganlib.noise_level import estimate_noise_map
 from ganlib.metrics import psnr
@@ -109,6 +109,26 @@ def test_in_camera_noise_reduction_makes_blotchy_noise_and_keeps_the_reference()
     assert abs(float(smap_nr.pow(2).mean().sqrt()) - measured) < 0.15 * measured
     with pytest.raises(ValueError, match="seed"):
         simulate_camera(clean, nr)
+
+
+def test_the_bayer_pattern_is_the_mosaic_phase_and_is_drawn_per_camera() -> None:
+    """A GRBG/GBRG/BGGR mosaic of a photo is the RGGB mosaic of the photo shifted by the red site's offset:
+    away from the borders the noise-free renderings agree exactly, and the phases differ from each other."""
+    clean = textured(40, 46)
+    params = sample_camera_params(torch.Generator().manual_seed(1), jpeg_prob=0.0)
+    rggb = dataclasses.replace(params, pattern="RGGB")
+    renders = {}
+    for pattern, (dy, dx) in CFA_PATTERNS.items():
+        renders[pattern] = simulate_camera(clean, dataclasses.replace(params, pattern=pattern), seed=0)[1]
+        shifted = simulate_camera(clean[..., dy:, dx:], rggb, seed=0)[1]
+        assert renders[pattern].shape == clean.shape
+        assert torch.equal(renders[pattern][..., dy:, dx:][..., 4:-4, 4:-4], shifted[..., 4:-4, 4:-4])
+    assert all(float((renders[a] - renders[b]).abs().max()) > 0.05 for a in CFA_PATTERNS for b in CFA_PATTERNS if a < b)
+    g = torch.Generator().manual_seed(0)
+    drawn = {sample_camera_params(g).pattern for _ in range(40)}
+    assert drawn == set(CFA_PATTERNS)
+    with pytest.raises(ValueError, match="Bayer pattern 'RGB'"):
+        simulate_camera(clean, dataclasses.replace(params, pattern="RGB"), seed=0)
 
 
 def test_shot_and_read_noise_are_drawn_jointly() -> None:
