@@ -450,6 +450,9 @@ def _pass(progress: ProgressFn | None, k: int, n: int) -> ProgressFn | None:
     return lambda done, total: progress(k * total + done, n * total)
 
 
+PD_VIEWS = [(0, False), (1, True), (2, False), (3, True)]  # (quarter turns, mirrored) of the pixel-shuffle passes
+
+
 def _pixel_shuffled(model: Generator, image: ImageData, sigma: float | torch.Tensor | None,
                     blind: Callable[..., tuple[torch.Tensor, float]], stride: int, fraction: float, *,
                     progress: ProgressFn | None, **kwargs) -> Restored:
@@ -469,6 +472,14 @@ def _pixel_shuffled(model: Generator, image: ImageData, sigma: float | torch.Ten
     smap = torch.empty(1, 1, *x.shape[-2:])
     summaries = []
     subs = [(i, j) for i in range(stride) for j in range(stride)]
+    # Without the x8 self-ensemble, pass n runs in view n of PD_VIEWS: the passes' average is then a
+    # self-ensemble over 4 flips/rotations at no extra cost.
+    views = [(0, False)] * len(subs) if kwargs.get("ensemble") else [PD_VIEWS[n % len(PD_VIEWS)] for n in range(len(subs))]
+
+    def run(t: torch.Tensor, m: torch.Tensor, n: int, pr: ProgressFn | None) -> torch.Tensor:
+        k, flip = views[n]
+        return _unview(denoise(model, _view(t, k, flip), _view(m, k, flip), progress=pr, **kwargs), k, flip)
+
     for n, (i, j) in enumerate(subs):
         sub = x[..., i::stride, j::stride]
         if given is None:
@@ -476,7 +487,7 @@ def _pixel_shuffled(model: Generator, image: ImageData, sigma: float | torch.Ten
         else:
             sub_map = given[..., i::stride, j::stride]
             summary = float(sub_map.mean())
-        out[..., i::stride, j::stride] = denoise(model, sub, sub_map, progress=_pass(progress, n, 2 * len(subs)), **kwargs)
+        out[..., i::stride, j::stride] = run(sub, sub_map, n, _pass(progress, n, 2 * len(subs)))
         smap[..., i::stride, j::stride] = sub_map
         summaries.append(summary)
     summary = float(np.mean(summaries))
@@ -485,7 +496,7 @@ def _pixel_shuffled(model: Generator, image: ImageData, sigma: float | torch.Ten
     refined, refill = torch.zeros_like(out), out.clone()
     for n, (i, j) in enumerate(subs):  # PD refinement: one sub-image noisy again, the whole denoised at stride 1
         refill[..., i::stride, j::stride] = x[..., i::stride, j::stride]
-        refined += denoise(model, refill, smap / stride, progress=_pass(progress, len(subs) + n, 2 * len(subs)), **kwargs)
+        refined += run(refill, smap / stride, n, _pass(progress, len(subs) + n, 2 * len(subs)))
         refill[..., i::stride, j::stride] = out[..., i::stride, j::stride]
     result = image.with_pixels(refined.div_(len(subs))[..., :h, :w].contiguous())
     return Restored(result, smap[..., :h, :w].contiguous(), summary, sigma is None, False, fraction)

@@ -6,7 +6,7 @@ import torch
 
 from ganlib.hub import Weights
 from ganlib.images import ImageData
-from ganlib.inference import denoise, denoise_image, restore
+from ganlib.inference import PD_VIEWS, _unview, _view, denoise, denoise_image, restore
 from ganlib.noise_level import estimate_noise_map, estimate_sigma
 from ganlib.realism import REALISM_GAN_SHARE, _fine_band, clean_fine_energy, detail_gain, frequency_separation, gaussian_blur
 from ganlib.models import Generator, GeneratorConfig
@@ -407,25 +407,29 @@ def test_restore_ignores_transparent_pixels_in_the_estimate():
 @pytest.mark.parametrize("h,w", [(64, 80), (67, 93)])
 def test_pixel_shuffle_stride_denoises_each_sub_image_then_refines(h, w):
     """Zhou et al. 2020: the sub-images denoised on their own and interleaved (PD), then each sub-image put
-    back noisy in turn and the whole denoised at half the map, the four results averaged (PD refinement)."""
+    back noisy in turn and the whole denoised at half the map, the four results averaged (PD refinement);
+    the four passes of each step run in four flips/rotations (PD_VIEWS), a self-ensemble at no cost."""
     model = tiny()
     weights = Weights(fidelity=model, source="mem", estimator=None)  # the wavelet estimate, per sub-image
     noisy = add_noise(smooth(h, w), "gaussian", sigma=15, seed=1)
     padded = torch.nn.functional.pad(noisy, (0, w % 2, 0, h % 2), mode="replicate")
 
+    def viewed(x: torch.Tensor, level: float | torch.Tensor, n: int) -> torch.Tensor:
+        k, flip = PD_VIEWS[n]
+        m = torch.as_tensor(level, dtype=torch.float32).expand(1, 1, *x.shape[-2:])
+        return _unview(denoise(model, _view(x, k, flip), _view(m, k, flip)), k, flip)
+
     def reference(sigma: float | None) -> tuple[torch.Tensor, torch.Tensor]:
         pd, smap = torch.empty_like(padded), torch.empty(1, 1, *padded.shape[-2:])
-        for i in range(2):
-            for j in range(2):
-                sub = padded[..., i::2, j::2]
-                level = estimate_sigma(sub) if sigma is None else sigma
-                pd[..., i::2, j::2], smap[..., i::2, j::2] = denoise(model, sub, level), level
+        for n, (i, j) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1)]):
+            sub = padded[..., i::2, j::2]
+            level = estimate_sigma(sub) if sigma is None else sigma
+            pd[..., i::2, j::2], smap[..., i::2, j::2] = viewed(sub, level, n), level
         refined = []
-        for i in range(2):
-            for j in range(2):
-                refill = pd.clone()
-                refill[..., i::2, j::2] = padded[..., i::2, j::2]
-                refined.append(denoise(model, refill, smap / 2))
+        for n, (i, j) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1)]):
+            refill = pd.clone()
+            refill[..., i::2, j::2] = padded[..., i::2, j::2]
+            refined.append(viewed(refill, smap / 2, n))
         return torch.stack(refined).mean(0)[..., :h, :w], smap[..., :h, :w]
 
     res = restore(weights, ImageData(pixels=noisy), stride=2, impulses=False)
