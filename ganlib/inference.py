@@ -473,12 +473,11 @@ def _pixel_shuffled(model: Generator, image: ImageData, sigma: float | torch.Ten
     smap = torch.empty(1, 1, *x.shape[-2:])
     summaries = []
     subs = [(i, j) for i in range(stride) for j in range(stride)]
-    # Without the x8 self-ensemble, pass n runs in view n of PD_VIEWS: the passes' average is then a
-    # self-ensemble over 4 flips/rotations at no extra cost.
-    views = [(0, False)] * len(subs) if kwargs.get("ensemble") else [PD_VIEWS[n % len(PD_VIEWS)] for n in range(len(subs))]
 
     def run(t: torch.Tensor, m: torch.Tensor, n: int, pr: ProgressFn | None) -> torch.Tensor:
-        k, flip = views[n]
+        # Without the x8 self-ensemble, pass n runs in view n of PD_VIEWS: the passes' average is then a
+        # self-ensemble over 4 flips/rotations at no extra cost.
+        k, flip = (0, False) if kwargs.get("ensemble") else PD_VIEWS[n % len(PD_VIEWS)]
         return _unview(denoise(model, _view(t, k, flip), _view(m, k, flip), progress=pr, **kwargs), k, flip)
 
     for n, (i, j) in enumerate(subs):

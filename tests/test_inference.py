@@ -419,14 +419,16 @@ def test_pixel_shuffle_stride_denoises_each_sub_image_then_refines(h, w):
         m = torch.as_tensor(level, dtype=torch.float32).expand(1, 1, *x.shape[-2:])
         return _unview(denoise(model, _view(x, k, flip), _view(m, k, flip)), k, flip)
 
+    subs = [(0, 0), (0, 1), (1, 0), (1, 1)]
+
     def reference(sigma: float | None) -> tuple[torch.Tensor, torch.Tensor]:
         pd, smap = torch.empty_like(padded), torch.empty(1, 1, *padded.shape[-2:])
-        for n, (i, j) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1)]):
+        for n, (i, j) in enumerate(subs):
             sub = padded[..., i::2, j::2]
             level = estimate_sigma(sub) if sigma is None else sigma
             pd[..., i::2, j::2], smap[..., i::2, j::2] = viewed(sub, level, n), level
         refined = []
-        for n, (i, j) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1)]):
+        for n, (i, j) in enumerate(subs):
             refill = pd.clone()
             refill[..., i::2, j::2] = padded[..., i::2, j::2]
             refined.append(viewed(refill, smap / 2, n))
