@@ -212,6 +212,15 @@ def test_split_is_reproducible_and_disjoint(tmp_path: Path) -> None:
         split(paths, 8, seed=0)
 
 
+def test_a_new_training_seed_keeps_the_held_back_photos(tmp_path: Path) -> None:
+    from train.train import TrainConfig, data_split
+
+    data = make_photos(tmp_path, n=8)
+    held = data_split(TrainConfig(data=str(data), val_count=3, min_size=32))[1]
+    assert data_split(TrainConfig(data=str(data), val_count=3, min_size=32, seed=1))[1] == held  # --seed: new crops, same photos
+    assert data_split(TrainConfig(data=str(data), val_count=3, min_size=32, split_seed=1))[1] != held
+
+
 def test_samples_are_pure_functions_of_seed_and_index(tmp_path: Path) -> None:
     paths = list_images(make_photos(tmp_path, n=4), min_size=32)
     a, b = CropDataset(paths, 32, NoiseConfig(), seed=3), CropDataset(paths, 32, NoiseConfig(), seed=3, cache=False)

@@ -50,7 +50,8 @@ class TrainConfig:
     output_dir: str = "runs/default"
     stage: str = "fidelity"  # fidelity | gan | estimator
     init: str = ""  # weights folder to start from (the fidelity model, for stage gan)
-    seed: int = 0
+    seed: int = 0  # crops, noise and initialisation; the held-back split has its own seed
+    split_seed: int = 0  # which images `val_count` holds back: keep it when changing `seed`, or a run trains on earlier runs' validation photos
     crop: int = 256  # random crop side
     min_size: int = 256  # images with a side below this are skipped
     channels: int = 3
@@ -455,11 +456,11 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
 
 def data_split(cfg: TrainConfig) -> tuple[list[Path], list[Path]]:
     """(training, validation) image paths of a run: `val_data` when given, else `val_count` images of
-    `data` held back (`split`, seeded by `seed`)."""
+    `data` held back (`split`, seeded by `split_seed`, not `seed`: a new `seed` keeps the held-back photos)."""
     paths = list_folders(cfg.data, cfg.min_size, cfg.channels)
     if cfg.val_data:
         return paths, list_images(cfg.val_data, 1, cfg.channels)
-    return split(paths, cfg.val_count, cfg.seed)
+    return split(paths, cfg.val_count, cfg.split_seed)
 
 
 def _run(cfg: TrainConfig, resume: bool) -> Path:
