@@ -22,6 +22,7 @@ from .impulse import EXTREME, MIN_FRACTION, impulse_fraction, impulse_mask, may_
 from .models import Generator
 from .noise_level import _blind_map, _falls, _gray_as_rgb, _noise_level_function, _per_pixel_map, _second_pass_curve, estimate_sigma
 from .realism import REALISM_GAN_SHARE, detail_gain, frequency_separation
+from .views import ALL_VIEWS, FOUR_VIEWS, unview, view
 
 if TYPE_CHECKING:  # runtime imports stay lazy: hub and images are not needed to denoise tensors
     from .hub import Weights
@@ -123,7 +124,7 @@ def denoise(
         x = x.expand(-1, want, -1, -1) if channels == 1 else x.mean(dim=1, keepdim=True)
     param = next(model.parameters())
     precision = resolve_precision(precision, param.device)
-    views = [(k, flip) for k in range(4) for flip in (False, True)] if ensemble else [(0, False)]
+    views = ALL_VIEWS if ensemble else [(0, False)]
     out = None
     for i, (k, flip) in enumerate(views):
         def report(done: int, total: int) -> None:
@@ -131,8 +132,8 @@ def denoise(
                 progress(i * total + done, len(views) * total)
 
         with torch.autocast(param.device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16"):
-            y = _tiled(model, _view(x, k, flip), _view(smap, k, flip), tile, overlap, report)
-        y = _unview(y, k, flip)
+            y = _tiled(model, view(x, k, flip), view(smap, k, flip), tile, overlap, report)
+        y = unview(y, k, flip)
         out = y if out is None else out.add_(y)  # one pass (no ensemble) costs no extra image-sized buffer
     if len(views) > 1:
         out /= len(views)
@@ -196,22 +197,6 @@ def keep_brightness(noisy: torch.Tensor, denoised: torch.Tensor, sigma: float, *
             break
         denoised.sub_(excess.view(1, c, 1, 1)).clamp_(0, 1)
     return denoised
-
-
-def _view(t: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
-    """One of the 8 flips/rotations of an NCHW tensor: rotate by k quarter turns, then mirror if flip.
-    The identity view is `t` itself: torch.rot90 by 0 would copy it (and materialize an expanded map)."""
-    if k % 4 == 0 and not flip:
-        return t
-    t = torch.rot90(t, k, (2, 3))
-    return t.flip(3) if flip else t
-
-
-def _unview(t: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
-    """The inverse of `_view` (the identity view is `t` itself, as there)."""
-    if k % 4 == 0 and not flip:
-        return t
-    return torch.rot90(t.flip(3) if flip else t, -k, (2, 3))
 
 
 def _tiled(model: Generator, x: torch.Tensor, smap: torch.Tensor, tile: int | None, overlap: int,
@@ -337,7 +322,7 @@ def restore(
     denoised again at 1/stride of the map (the noise RMS of an image where one pixel in stride x stride
     is noisy); the stride x stride results are averaged. It brings back the fine detail that denoising
     sub-images on their own loses (CC15: +0.39 dB, SSIM 0.947 -> 0.953). Without `ensemble`, the
-    passes run in turn in four flips/rotations (`PD_VIEWS`): a self-ensemble at no extra time (CC15
+    passes run in turn in four flips/rotations (`ganlib.views.FOUR_VIEWS`): a self-ensemble at no extra time (CC15
     +0.18 dB). Time: 1 + stride x stride times that of stride 1.
     sigma_estimated: the given sigma was estimated from this image (as by `estimate_noise_map`), not
     known: realism then uses the fixed detail gain, as with sigma None (see `detail_gain`), and the
@@ -451,9 +436,6 @@ def _pass(progress: ProgressFn | None, k: int, n: int) -> ProgressFn | None:
     return lambda done, total: progress(k * total + done, n * total)
 
 
-PD_VIEWS = [(0, False), (1, True), (2, False), (3, True)]  # (quarter turns, mirrored) of the pixel-shuffle passes
-
-
 def _pixel_shuffled(model: Generator, image: ImageData, sigma: float | torch.Tensor | None,
                     blind: Callable[..., tuple[torch.Tensor, float]], stride: int, fraction: float, *,
                     progress: ProgressFn | None, **kwargs) -> Restored:
@@ -475,10 +457,10 @@ def _pixel_shuffled(model: Generator, image: ImageData, sigma: float | torch.Ten
     subs = [(i, j) for i in range(stride) for j in range(stride)]
 
     def run(t: torch.Tensor, m: torch.Tensor, n: int, pr: ProgressFn | None) -> torch.Tensor:
-        # Without the x8 self-ensemble, pass n runs in view n of PD_VIEWS: the passes' average is then a
+        # Without the x8 self-ensemble, pass n runs in view n of FOUR_VIEWS: the passes' average is then a
         # self-ensemble over 4 flips/rotations at no extra cost.
-        k, flip = (0, False) if kwargs.get("ensemble") else PD_VIEWS[n % len(PD_VIEWS)]
-        return _unview(denoise(model, _view(t, k, flip), _view(m, k, flip), progress=pr, **kwargs), k, flip)
+        k, flip = (0, False) if kwargs.get("ensemble") else FOUR_VIEWS[n % len(FOUR_VIEWS)]
+        return unview(denoise(model, view(t, k, flip), view(m, k, flip), progress=pr, **kwargs), k, flip)
 
     for n, (i, j) in enumerate(subs):
         sub = x[..., i::stride, j::stride]

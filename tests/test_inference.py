@@ -6,11 +6,12 @@ import torch
 
 from ganlib.hub import Weights
 from ganlib.images import ImageData
-from ganlib.inference import PD_VIEWS, _unview, _view, denoise, denoise_image, restore
-from ganlib.noise_level import estimate_noise_map, estimate_sigma
+from ganlib.inference import denoise, denoise_image, restore
+from ganlib.noise_level import ESTIMATOR_VIEWS, estimate_noise_map, estimate_sigma
 from ganlib.realism import REALISM_GAN_SHARE, _fine_band, clean_fine_energy, detail_gain, frequency_separation, gaussian_blur
 from ganlib.models import Generator, GeneratorConfig
 from ganlib.noise import add_noise
+from ganlib.views import FOUR_VIEWS, unview, view, view_mean
 
 
 def tiny(seed: int = 0, channels: int = 3) -> Generator:
@@ -258,16 +259,20 @@ def test_estimate_sigma_with_an_estimator_tiles_and_channels():
     est = NoiseEstimator(EstimatorConfig(width=8)).eval()
     x = noisy_image(100, 140)
     with torch.no_grad():
-        whole = float(est(x).mean()) * 255
+        whole = float(view_mean(est, x, ESTIMATOR_VIEWS).mean()) * 255  # the reading averaged over 4 flips/rotations
+        upright = float(est(x).mean()) * 255
     assert estimate_sigma(x, est) == pytest.approx(whole, rel=1e-5)  # fits one tile
+    assert abs(whole - upright) > 1e-4 * upright  # an untrained estimator depends on the orientation...
+    for k, flip in ESTIMATOR_VIEWS:  # ... the estimate does not, for any of the 4 views (they form a group)
+        assert estimate_sigma(view(x, k, flip), est) == pytest.approx(whole, rel=1e-5)
     calls = []
     est.register_forward_hook(lambda m, i, o: calls.append(tuple(i[0].shape[-2:])))
     tiled = estimate_sigma(x, est, tile=32, max_tiles=4)
-    assert len(calls) == 4 and all(max(c) <= 32 for c in calls)  # 20 tiles, 4 evenly spread ones used
+    assert len(calls) == 4 * len(ESTIMATOR_VIEWS) and all(max(c) <= 32 for c in calls)  # 20 tiles, 4 evenly spread ones used
     assert tiled == pytest.approx(whole, rel=0.2)
     calls.clear()
     estimate_sigma(x, est, tile=32, max_tiles=1)
-    assert len(calls) == 1
+    assert len(calls) == len(ESTIMATOR_VIEWS)
     from ganlib.noise_level import GRAY_LEVEL_SCALE
 
     gray = x.mean(dim=1, keepdim=True)  # gray input, 1 channel or R = G = B: the estimator's gray bias taken out
@@ -408,16 +413,16 @@ def test_restore_ignores_transparent_pixels_in_the_estimate():
 def test_pixel_shuffle_stride_denoises_each_sub_image_then_refines(h, w):
     """Zhou et al. 2020: the sub-images denoised on their own and interleaved (PD), then each sub-image put
     back noisy in turn and the whole denoised at half the map, the four results averaged (PD refinement);
-    the four passes of each step run in four flips/rotations (PD_VIEWS), a self-ensemble at no cost."""
+    the four passes of each step run in four flips/rotations (FOUR_VIEWS), a self-ensemble at no cost."""
     model = tiny()
     weights = Weights(fidelity=model, source="mem", estimator=None)  # the wavelet estimate, per sub-image
     noisy = add_noise(smooth(h, w), "gaussian", sigma=15, seed=1)
     padded = torch.nn.functional.pad(noisy, (0, w % 2, 0, h % 2), mode="replicate")
 
     def viewed(x: torch.Tensor, level: float | torch.Tensor, n: int) -> torch.Tensor:
-        k, flip = PD_VIEWS[n]
+        k, flip = FOUR_VIEWS[n]
         m = torch.as_tensor(level, dtype=torch.float32).expand(1, 1, *x.shape[-2:])
-        return _unview(denoise(model, _view(x, k, flip), _view(m, k, flip)), k, flip)
+        return unview(denoise(model, view(x, k, flip), view(m, k, flip)), k, flip)
 
     subs = [(0, 0), (0, 1), (1, 0), (1, 1)]
 
